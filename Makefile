@@ -1,0 +1,56 @@
+# Fieldsync. `make run` for the embedded back-office, `make test` for everything CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+MARIADB_URL ?= mysql://root@127.0.0.1:3306/test
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: run test lint typecheck test-sqlite test-mariadb serve bench clean
+
+$(VENV)/.installed: requirements.txt scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	DEBUG=1 $(PY) manage.py migrate --noinput -v0
+	DEBUG=1 $(PY) manage.py seed_demo
+	@echo
+	@echo "  Fieldsync back-office: http://127.0.0.1:8000/admin/"
+	@echo "  API docs:              http://127.0.0.1:8000/api/docs/"
+	@echo "  Demo logins (password fieldsync-demo):"
+	@echo "    admin  (superuser)          olivia (compliance officer)   mark (manager)"
+	@echo "    alice, bob (field workers, team north)   carol (field worker, team south)"
+	@echo
+	DEBUG=1 $(PY) manage.py runserver 127.0.0.1:8000
+
+lint: venv
+	ruff check .
+	ruff format --check .
+	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+
+typecheck: venv
+	DEBUG=1 mypy .
+
+test-sqlite: venv
+	pytest
+
+test-mariadb: venv
+	bash scripts/test-services.sh
+
+test: lint typecheck test-sqlite test-mariadb
+
+# Production-style: gunicorn, a Celery worker and beat (Procfile), from env vars.
+serve: venv
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
+	honcho start -f Procfile
+
+clean:
+	rm -rf $(VENV) var

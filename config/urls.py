@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from records.api import RecordTypeListView
+from sync.api import ActionView, MeView, PullView, PushView, RegisterView
+
+admin.site.site_header = "Fieldsync back-office"
+admin.site.site_title = "Fieldsync"
+
+api_v1 = [
+    path("devices/register", RegisterView.as_view(), name="device-register"),
+    path("me", MeView.as_view(), name="me"),
+    path("record-types", RecordTypeListView.as_view(), name="record-types"),
+    path("sync/push", PushView.as_view(), name="sync-push"),
+    path("sync/pull", PullView.as_view(), name="sync-pull"),
+    path("sync/actions/<uuid:action_id>", ActionView.as_view(), name="sync-action"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include(api_v1)),
+]
+
+handler404 = "config.errors.json_not_found"
+handler500 = "config.errors.json_server_error"

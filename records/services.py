@@ -1,0 +1,386 @@
+"""The one service that applies a change to a record.
+
+Every writer calls `apply_change`: the device push, the admin, and (later) the approvals. It
+validates, resolves conflicts by the record type's policy, writes the record, its version row and
+its audit event in the caller's transaction, and returns an `Outcome` value. A rejection is a
+value too; nothing is written for it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from jsonschema import Draft202012Validator, FormatChecker
+
+from audit.services import diff, record_event
+from records.models import ConflictPolicy, Record, RecordType, RecordVersion, Team
+
+Op = Literal["create", "update", "delete"]
+Status = Literal["applied", "merged", "pending_review", "rejected"]
+
+ZERO_UUID = uuid.UUID(int=0)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is writing, from where. `device_id` is a plain UUID: `records` knows nothing of `sync`."""
+
+    user: User
+    source: str  # audit.models.Source
+    device_id: uuid.UUID | None = None
+    request_id: str = ""
+    # The teams this actor may write into, by slug; None means every team (admin, approvals).
+    teams: dict[str, Team] | None = None
+
+    @classmethod
+    def for_device(cls, *, user: User, device_id: uuid.UUID, request_id: str = "") -> Actor:
+        teams = {team.slug: team for team in Team.objects.filter(members=user)}
+        return cls(user=user, source="device", device_id=device_id, request_id=request_id, teams=teams)
+
+
+@dataclass(frozen=True)
+class Change:
+    op: Op
+    record_id: uuid.UUID
+    type_key: str
+    data: dict[str, Any]
+    captured_at: datetime  # already corrected for the device's clock offset
+    base_version: int | None = None
+    team_slug: str | None = None
+    action_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class ChangeError:
+    code: str
+    message: str
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "fields": self.fields}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    record_id: uuid.UUID
+    version: int | None = None
+    data: dict[str, Any] | None = None
+    error: ChangeError | None = None
+    deleted: bool = False
+
+    @property
+    def applied(self) -> bool:
+        return self.status in ("applied", "merged")
+
+
+class Rejected(Exception):
+    def __init__(
+        self, code: str, message: str, *, fields: dict[str, list[str]] | None = None, current: Record | None = None
+    ) -> None:
+        super().__init__(message)
+        self.error = ChangeError(code, message, fields or {})
+        self.current = current
+
+
+# --- validation -----------------------------------------------------------------------------
+
+_validators: dict[tuple[int, int, datetime | None], Draft202012Validator] = {}
+
+
+def _validator(record_type: RecordType) -> Draft202012Validator:
+    key = (record_type.pk, record_type.schema_version, record_type.updated_at)
+    validator = _validators.get(key)
+    if validator is None:
+        validator = Draft202012Validator(record_type.schema, format_checker=FormatChecker())
+        _validators[key] = validator
+    return validator
+
+
+def schema_errors(record_type: RecordType, data: dict[str, Any]) -> dict[str, list[str]]:
+    """JSON Schema errors keyed by field path (`data.items.0.qty`)."""
+    errors: dict[str, list[str]] = {}
+    for error in _validator(record_type).iter_errors(data):
+        parts = ["data", *(str(p) for p in error.absolute_path)]
+        if error.validator == "required" and isinstance(error.instance, dict):
+            for missing in error.validator_value:
+                if missing not in error.instance:
+                    errors.setdefault(".".join([*parts, str(missing)]), []).append("This field is required.")
+            continue
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for extra in sorted(set(error.instance) - allowed):
+                errors.setdefault(".".join([*parts, str(extra)]), []).append("Unknown field.")
+            continue
+        errors.setdefault(".".join(parts), []).append(error.message)
+    return errors
+
+
+def _check_schema(record_type: RecordType, data: dict[str, Any]) -> None:
+    errors = schema_errors(record_type, data)
+    if errors:
+        raise Rejected("schema_violation", "The record does not match its type's schema.", fields=errors)
+
+
+def _team_for_create(actor: Actor, change: Change) -> Team:
+    if actor.teams is None:
+        team = Team.objects.filter(slug=change.team_slug or "").first()
+        if team is None:
+            raise Rejected(
+                "unknown_team", f"There is no team {change.team_slug!r}.", fields={"team": ["Unknown team."]}
+            )
+        return team
+    if change.team_slug:
+        if change.team_slug in actor.teams:
+            return actor.teams[change.team_slug]
+        if Team.objects.filter(slug=change.team_slug).exists():
+            raise Rejected(
+                "team_forbidden",
+                f"You are not a member of team {change.team_slug!r}.",
+                fields={"team": ["Not one of your teams."]},
+            )
+        raise Rejected("unknown_team", f"There is no team {change.team_slug!r}.", fields={"team": ["Unknown team."]})
+    if len(actor.teams) == 1:
+        return next(iter(actor.teams.values()))
+    raise Rejected(
+        "team_required",
+        "Say which team the record belongs to: you are in more than one team, or none.",
+        fields={"team": ["This field is required."]},
+    )
+
+
+def _may_write(actor: Actor, record: Record) -> bool:
+    return actor.teams is None or any(team.pk == record.team_id for team in actor.teams.values())
+
+
+# --- conflict resolution --------------------------------------------------------------------
+
+
+def _lww_wins(change: Change, record: Record) -> bool:
+    """Later (clock-corrected) capture time wins; equal times are broken by the larger action id."""
+    incoming = (change.captured_at, change.action_id or ZERO_UUID)
+    current = (record.captured_at, record.last_action_id or ZERO_UUID)
+    return incoming > current
+
+
+def _base_data(record: Record, base_version: int) -> dict[str, Any] | None:
+    row = RecordVersion.objects.filter(record=record, version=base_version).values_list("data", flat=True).first()
+    return row if isinstance(row, dict) else None
+
+
+def _resolve_update(record: Record, change: Change) -> tuple[dict[str, Any], Status]:
+    """New data for an update whose base_version is stale, or raise Rejected (conflict lost).
+
+    Field by field: a `merge` field the server has not changed since the base version takes the
+    device's value; every other field falls back to last-write-wins."""
+    record_type = record.type
+    lww_wins = _lww_wins(change, record)
+    base = _base_data(record, change.base_version or 0)
+    data = dict(record.data)
+    merged_any = False
+    lost: list[str] = []
+    for name, value in change.data.items():
+        policy = record_type.policy_for(name)
+        server_changed = base is None or base.get(name) != record.data.get(name)
+        if policy == ConflictPolicy.MERGE and not server_changed:
+            data[name] = value
+            merged_any = True
+        elif policy in (ConflictPolicy.REVIEW, ConflictPolicy.REVIEW_ALL):
+            raise Rejected(
+                "review_not_available",
+                "Conflicts of this field wait for a compliance officer's review, which this server does not offer yet.",
+                current=record,
+            )
+        elif lww_wins:
+            data[name] = value
+        else:
+            lost.append(name)
+    if lost and len(lost) == len(change.data):
+        raise Rejected(
+            "conflict_lost",
+            "A later edit of this record won (last write wins); the record's current state is returned.",
+            current=record,
+            fields={f"data.{name}": ["Overwritten by a later edit."] for name in lost},
+        )
+    return data, ("merged" if merged_any or lost else "applied")
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+def apply_change(*, actor: Actor, change: Change) -> Outcome:
+    """Apply one create/update/delete atomically (a savepoint inside the caller's transaction)."""
+    try:
+        with transaction.atomic():
+            return _apply(actor, change)
+    except Rejected as rejected:
+        current = rejected.current
+        visible = current is not None and _may_write(actor, current)
+        return Outcome(
+            status="rejected",
+            record_id=change.record_id,
+            version=current.version if visible and current else None,
+            data=None if not visible or current is None or current.deleted else current.data,
+            deleted=bool(visible and current and current.deleted),
+            error=rejected.error,
+        )
+
+
+def _apply(actor: Actor, change: Change) -> Outcome:
+    record_type = RecordType.objects.filter(key=change.type_key).first()
+    if record_type is None:
+        raise Rejected(
+            "unknown_type", f"There is no record type {change.type_key!r}.", fields={"type": ["Unknown record type."]}
+        )
+    if change.op == "create":
+        return _create(actor, change, record_type)
+
+    record = Record.objects.select_for_update().select_related("type", "team").filter(pk=change.record_id).first()
+    if record is None or not _may_write(actor, record):
+        raise Rejected(
+            "record_not_found", "There is no such record in your teams.", fields={"record": ["Unknown record."]}
+        )
+    if record.type_id != record_type.pk:
+        raise Rejected(
+            "type_mismatch",
+            f"The record is of type {record.type.key!r}.",
+            current=record,
+            fields={"type": [f"The record is a {record.type.key}."]},
+        )
+    if record.deleted:
+        raise Rejected("record_deleted", "The record has been deleted.", current=record)
+    base_version = change.base_version
+    if base_version is None or base_version < 1 or base_version > record.version:
+        raise Rejected(
+            "invalid_base_version",
+            f"base_version must be a version the record has had (1..{record.version}).",
+            current=record,
+            fields={"base_version": ["No such version."]},
+        )
+
+    if change.op == "delete":
+        if base_version != record.version and not _lww_wins(change, record):
+            raise Rejected(
+                "conflict_lost", "The record was edited later than this delete (last write wins).", current=record
+            )
+        return _write(actor, change, record, data=record.data, deleted=True, verb="record.deleted", status="applied")
+
+    status: Status = "applied"
+    if base_version == record.version:
+        data = {**record.data, **change.data}
+    else:
+        data, status = _resolve_update(record, change)
+    _check_schema(record_type, data)
+    if data == record.data:
+        # Nothing changes (a repeated edit, or every field lost): journal it, keep the version.
+        record_event(
+            verb="record.unchanged",
+            source=actor.source,
+            actor=actor.user,
+            device_id=actor.device_id,
+            object_type="record",
+            object_id=record.pk,
+            occurred_at=change.captured_at,
+            action_id=change.action_id,
+            request_id=actor.request_id,
+            record_type=record_type.key,
+            team=record.team.slug,
+        )
+        return Outcome(status=status, record_id=record.pk, version=record.version, data=record.data)
+    verb = "record.merged" if status == "merged" else "record.updated"
+    return _write(actor, change, record, data=data, deleted=False, verb=verb, status=status)
+
+
+def _create(actor: Actor, change: Change, record_type: RecordType) -> Outcome:
+    team = _team_for_create(actor, change)
+    _check_schema(record_type, change.data)
+    record = Record(
+        id=change.record_id,
+        type=record_type,
+        team=team,
+        data=change.data,
+        version=1,
+        created_by=actor.user,
+        created_by_device=actor.device_id,
+        updated_by=actor.user,
+        updated_by_device=actor.device_id,
+        captured_at=change.captured_at,
+        last_action_id=change.action_id,
+        change_seq=0,
+    )
+    try:
+        # The primary key decides whether the record exists; a prior SELECT would race.
+        with transaction.atomic():
+            record.save(force_insert=True)
+    except IntegrityError:
+        existing = Record.objects.select_related("team").filter(pk=change.record_id).first()
+        raise Rejected(
+            "record_exists",
+            "A record with this id already exists.",
+            current=existing,
+            fields={"record": ["Already exists."]},
+        ) from None
+    return _write(
+        actor, change, record, data=change.data, deleted=False, verb="record.created", status="applied", before=None
+    )
+
+
+def _write(
+    actor: Actor,
+    change: Change,
+    record: Record,
+    *,
+    data: dict[str, Any],
+    deleted: bool,
+    verb: str,
+    status: Status,
+    before: dict[str, Any] | Literal["current"] | None = "current",
+) -> Outcome:
+    before_data = record.data if before == "current" else before
+    version = 1 if change.op == "create" else record.version + 1
+    RecordVersion.objects.create(
+        record=record,
+        version=version,
+        data=data,
+        deleted=deleted,
+        op=change.op,
+        source=actor.source,
+        actor=actor.user,
+        device_id=actor.device_id,
+        action_id=change.action_id,
+        captured_at=change.captured_at,
+    )
+    changes = diff(before_data, data)
+    if change.op == "delete":
+        changes = {"deleted": [False, True]}
+    # Last, so the chain head (and with it the change feed's clock) is locked only for the
+    # few statements between here and commit.
+    event = record_event(
+        verb=verb,
+        source=actor.source,
+        actor=actor.user,
+        device_id=actor.device_id,
+        object_type="record",
+        object_id=record.pk,
+        occurred_at=change.captured_at,
+        action_id=change.action_id,
+        request_id=actor.request_id,
+        changes=changes,
+        record_type=record.type.key,
+        team=record.team.slug,
+    )
+    record.data = data
+    record.deleted = deleted
+    record.version = version
+    record.updated_by = actor.user
+    record.updated_by_device = actor.device_id
+    record.captured_at = max(change.captured_at, record.captured_at) if change.op != "create" else change.captured_at
+    record.last_action_id = change.action_id
+    record.change_seq = event.seq
+    record.save()
+    return Outcome(status=status, record_id=record.pk, version=version, data=None if deleted else data, deleted=deleted)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from sync.models import Device, LedgerEntry
+from sync.services import revoke_device
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "platform", "created", "last_seen", "revoked_at"]
+    list_filter = ["platform", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["user"]
+    search_fields = ["name", "user__username", "=id"]
+    readonly_fields = ["id", "user", "name", "platform", "created", "last_seen", "revoked_at"]
+    fields = ["id", "user", "name", "platform", "created", "last_seen", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # devices register themselves through the API
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoke instead: the ledger and the journal keep pointing at the device
+
+    @admin.action(description="Revoke the selected devices' tokens", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        assert request.user.is_authenticated
+        revoked = sum(revoke_device(device=device, by=request.user) for device in queryset)
+        self.message_user(request, f"Revoked {revoked} device(s).", level=messages.SUCCESS)
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(admin.ModelAdmin):
+    list_display = ["action_id", "device", "op", "type_key", "record_id", "status", "error_code", "received_at"]
+    list_filter = ["status", "op", "type_key", "device"]
+    list_select_related = ["device"]
+    search_fields = ["=action_id", "=record_id"]
+    show_full_result_count = False
+    readonly_fields = [f.name for f in LedgerEntry._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,303 @@
+"""The device edge: registering and revoking devices, push (through the idempotency ledger), pull."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import canonical_json, record_event
+from records.models import Record, Team
+from records.services import Actor, Change, ChangeError, Op, Outcome, apply_change
+from sync.models import Device, LedgerEntry
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def register_device(*, user: User, name: str, platform: str, request_id: str = "") -> tuple[Device, str]:
+    """Create a device and return it with its token, which is never stored or shown again."""
+    secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        device = Device.objects.create(user=user, name=name, platform=platform, token_hash=hash_secret(secret))
+        record_event(
+            verb="device.registered",
+            source="device",
+            actor=user,
+            device_id=device.id,
+            object_type="device",
+            object_id=device.id,
+            request_id=request_id,
+            changes={"name": [None, name], "platform": [None, platform]},
+        )
+    return device, f"{device.id.hex}.{secret}"
+
+
+def authenticate_token(token: str) -> Device | None:
+    """The device a token belongs to (revoked or not), or None. Compared in constant time."""
+    device_hex, _, secret = token.partition(".")
+    try:
+        device_id = uuid.UUID(hex=device_hex)
+    except ValueError:
+        return None
+    device = Device.objects.select_related("user").filter(pk=device_id).first()
+    candidate = hash_secret(secret)
+    if device is None or not secret or not hmac.compare_digest(candidate, device.token_hash):
+        return None
+    return device
+
+
+def touch_device(device: Device) -> None:
+    """Record that the device was seen, at most once per DEVICE_LAST_SEEN_INTERVAL (one
+    conditional UPDATE, so a burst of requests does not write on every one)."""
+    now = timezone.now()
+    threshold = now - settings.DEVICE_LAST_SEEN_INTERVAL
+    if device.last_seen is not None and device.last_seen > threshold:
+        return
+    from django.db.models import Q
+
+    Device.objects.filter(Q(last_seen__isnull=True) | Q(last_seen__lte=threshold), pk=device.pk).update(last_seen=now)
+    device.last_seen = now
+
+
+def revoke_device(*, device: Device, by: User, source: str = "admin") -> bool:
+    """Revoke a device's token. Returns False if it was already revoked."""
+    with transaction.atomic():
+        now = timezone.now()
+        updated = Device.objects.filter(pk=device.pk, revoked_at__isnull=True).update(revoked_at=now)
+        if not updated:
+            return False
+        record_event(
+            verb="device.revoked",
+            source=source,
+            actor=by,
+            device_id=device.id,
+            object_type="device",
+            object_id=device.id,
+            changes={"revoked_at": [None, now.isoformat()]},
+        )
+    device.revoked_at = now
+    return True
+
+
+# --- push -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    """One validated action from a push, with the exact JSON it arrived as (for the fingerprint)."""
+
+    id: uuid.UUID
+    op: Op
+    type: str
+    record: uuid.UUID
+    team: str | None
+    base_version: int | None
+    data: dict[str, Any]
+    captured_at: datetime
+    raw: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(canonical_json(self.raw).encode()).hexdigest()
+
+
+def _result(action_id: uuid.UUID, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "id": str(action_id),
+        "status": outcome.status,
+        "record": str(outcome.record_id),
+        "version": outcome.version,
+        "data": outcome.data,
+        "review": None,
+        "error": outcome.error.as_dict() if outcome.error else None,
+        "replayed": False,
+    }
+
+
+def _rejected(action: Action, code: str, message: str) -> dict[str, Any]:
+    return _result(action.id, Outcome(status="rejected", record_id=action.record, error=ChangeError(code, message)))
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def push(*, device: Device, sent_at: datetime, actions: list[Action], request_id: str = "") -> list[dict[str, Any]]:
+    """Apply a device's actions in the order sent, each in its own transaction, and return one
+    result per action. Each result is durable (committed) before this returns."""
+    received_at = timezone.now()
+    offset = received_at - sent_at
+    actor = Actor.for_device(user=device.user, device_id=device.id, request_id=request_id)
+    rejected_creates: set[uuid.UUID] = set()
+    results = []
+    for action in actions:
+        result = push_one(
+            device=device,
+            actor=actor,
+            action=action,
+            offset=offset,
+            received_at=received_at,
+            rejected_creates=rejected_creates,
+        )
+        if action.op == "create" and result["status"] == "rejected" and not result["replayed"]:
+            rejected_creates.add(action.record)
+        results.append(result)
+    return results
+
+
+def push_one(
+    *,
+    device: Device,
+    actor: Actor,
+    action: Action,
+    offset: timedelta,
+    received_at: datetime,
+    rejected_creates: set[uuid.UUID],
+) -> dict[str, Any]:
+    fingerprint = action.fingerprint
+    # Corrected for the device's clock; a capture "after" the push arrived is a bad clock.
+    captured_at = min(action.captured_at + offset, received_at)
+    try:
+        with transaction.atomic():
+            try:
+                # Insert first: the unique (device, action id) constraint decides who applies.
+                with transaction.atomic():
+                    entry = LedgerEntry.objects.create(
+                        device=device,
+                        action_id=action.id,
+                        fingerprint=fingerprint,
+                        op=action.op,
+                        type_key=action.type,
+                        record_id=action.record,
+                        captured_at=action.captured_at,
+                        clock_offset_ms=int(offset / timedelta(milliseconds=1)),
+                        received_at=received_at,
+                    )
+            except IntegrityError:
+                raise _Duplicate from None
+            if action.op != "create" and action.record in rejected_creates:
+                result = _rejected(action, "create_rejected", "This record's create was rejected earlier in the batch.")
+            else:
+                change = Change(
+                    op=action.op,
+                    record_id=action.record,
+                    type_key=action.type,
+                    data=action.data,
+                    captured_at=captured_at,
+                    base_version=action.base_version,
+                    team_slug=action.team,
+                    action_id=action.id,
+                )
+                result = _result(action.id, apply_change(actor=actor, change=change))
+            entry.status = result["status"]
+            entry.error_code = result["error"]["code"] if result["error"] else ""
+            entry.result = result
+            entry.save(update_fields=["status", "error_code", "result"])
+            return result
+    except _Duplicate:
+        return _replay(device=device, action=action, fingerprint=fingerprint)
+
+
+def _replay(*, device: Device, action: Action, fingerprint: str) -> dict[str, Any]:
+    # READ COMMITTED: this read sees the row the winner committed (its insert made ours wait).
+    entry = LedgerEntry.objects.filter(device=device, action_id=action.id).first()
+    if entry is None:
+        # The other request rolled back after our insert failed; extremely rare. Let the device retry.
+        return _rejected(action, "retry_later", "A concurrent copy of this action did not finish; retry it.")
+    if not hmac.compare_digest(entry.fingerprint, fingerprint):
+        return _rejected(
+            action,
+            "idempotency_key_reused",
+            "This action id was already used for a different action; nothing was changed.",
+        )
+    return {**entry.result, "replayed": True}
+
+
+def action_result(*, device: Device, action_id: uuid.UUID) -> dict[str, Any] | None:
+    entry = LedgerEntry.objects.filter(device=device, action_id=action_id).first()
+    if entry is None:
+        return None
+    return dict(entry.result)
+
+
+def purge_expired_ledger_entries(*, now: datetime | None = None) -> int:
+    cutoff = (now or timezone.now()) - timedelta(days=settings.SYNC_LEDGER_RETENTION_DAYS)
+    deleted, _ = LedgerEntry.objects.filter(received_at__lt=cutoff).delete()
+    return deleted
+
+
+# --- pull -------------------------------------------------------------------------------------
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def _teams_key(team_ids: list[int]) -> str:
+    return hashlib.sha256(",".join(map(str, sorted(team_ids))).encode()).hexdigest()[:16]
+
+
+def encode_cursor(seq: int, team_ids: list[int]) -> str:
+    raw = json.dumps({"v": 1, "s": seq, "t": _teams_key(team_ids)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, team_ids: list[int]) -> int:
+    """The feed position a cursor stands for. A cursor made for another set of teams restarts
+    from the beginning, so a user who joins a team receives that team's older records too."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+        seq = payload["s"]
+        teams = payload["t"]
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise InvalidCursor(cursor) from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or payload.get("v") != 1:
+        raise InvalidCursor(cursor)
+    return seq if teams == _teams_key(team_ids) else 0
+
+
+def pull(*, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
+    """The latest state of every record of the user's teams that changed after the cursor.
+
+    Gap-free because `change_seq` is handed out under the audit chain head's lock, which the
+    writer holds until it commits: a change numbered n+1 cannot commit before change n has."""
+    team_ids = list(Team.objects.filter(members=user).values_list("pk", flat=True))
+    after = decode_cursor(cursor, team_ids) if cursor else 0
+    rows = list(
+        Record.objects.filter(team_id__in=team_ids, change_seq__gt=after)
+        .order_by("change_seq")
+        .select_related("type", "team")[: limit + 1]
+    )
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    changes = [
+        {
+            "type": row.type.key,
+            "record": str(row.id),
+            "team": row.team.slug,
+            "version": row.version,
+            "deleted": row.deleted,
+            "data": None if row.deleted else row.data,
+            "updated_at": row.updated_at.isoformat(),
+        }
+        for row in rows
+    ]
+    last = rows[-1].change_seq if rows else after
+    return {"changes": changes, "cursor": encode_cursor(last, team_ids), "has_more": has_more}

@@ -1,0 +1,80 @@
+"""Shared actors and helpers. The named actors follow the demo: alice and bob (field workers,
+team north), carol (field worker, team south: the outsider), olivia (officer), mark (manager)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+from django.db import connection
+from rest_framework.test import APIClient
+
+from records.models import RecordType, Team
+from sync.services import register_device
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    on_mariadb = os.environ.get("DATABASE_URL", "").startswith("mysql")
+    if on_mariadb:
+        return
+    skip = pytest.mark.skip(reason="needs MariaDB (runs in the second half of `make test`)")
+    for item in items:
+        if "mariadb" in item.keywords or "celery_worker" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def demo(db: None) -> None:
+    call_command("seed_demo", stdout=open(os.devnull, "w"))  # noqa: SIM115
+
+
+@pytest.fixture
+def user(demo: None) -> Callable[[str], User]:
+    return lambda username: User.objects.get(username=username)
+
+
+class DeviceClient(APIClient):
+    """An API client logged in as a registered device."""
+
+    device_id: uuid.UUID
+    token: str
+
+    def push(self, actions: list[dict[str, Any]], sent_at: str | None = None) -> Any:
+        from django.utils import timezone
+
+        body = {"sent_at": sent_at or timezone.now().isoformat(), "actions": actions}
+        return self.post("/api/v1/sync/push", body, format="json")
+
+    def pull(self, cursor: str | None = None, limit: int | None = None) -> Any:
+        params: dict[str, Any] = {}
+        if cursor:
+            params["cursor"] = cursor
+        if limit:
+            params["limit"] = limit
+        return self.get("/api/v1/sync/pull", params)
+
+
+@pytest.fixture
+def device_for(demo: None) -> Callable[[str], DeviceClient]:
+    def make(username: str) -> DeviceClient:
+        device, token = register_device(user=User.objects.get(username=username), name=f"{username}'s phone",
+                                        platform="android")
+        client = DeviceClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        client.device_id = device.id
+        client.token = token
+        return client
+
+    return make
+
+
+def on_mariadb() -> bool:
+    return connection.vendor == "mysql"
+
+
+__all__ = ["DeviceClient", "Group", "RecordType", "Team", "on_mariadb"]
