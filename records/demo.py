@@ -58,7 +58,8 @@ RECORD_TYPES: list[dict[str, Any]] = [
         "key": "inspection",
         "name": "Vehicle / safety inspection",
         "conflict_policy": "merge",
-        "field_policies": {},
+        # Two inspectors disagreeing on the verdict is a compliance question, not a race.
+        "field_policies": {"passed": "review"},
         "schema": _schema(
             "Inspection",
             {

@@ -65,6 +65,26 @@ class ChangeError:
         return {"code": self.code, "message": self.message, "fields": self.fields}
 
 
+# How each field stands between the base version, the server now and the device's proposal.
+UNCHANGED, DEVICE_ONLY, SERVER_ONLY, BOTH_CHANGED = "unchanged", "device_only", "server_only", "both_changed"
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    """A change that waits for a compliance officer. `records` returns it as a value; the caller
+    (sync, or the admin) hands it to `approvals`, which `records` never imports."""
+
+    reason: str  # "review_all" | "conflict" | "deleted"
+    record_type: RecordType
+    team: Team
+    base_version: int | None
+    base_data: dict[str, Any]
+    server_version: int | None
+    server_data: dict[str, Any]
+    proposed: dict[str, Any]
+    classification: dict[str, str]
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: Status
@@ -73,10 +93,34 @@ class Outcome:
     data: dict[str, Any] | None = None
     error: ChangeError | None = None
     deleted: bool = False
+    review: ReviewRequest | None = None
 
     @property
     def applied(self) -> bool:
         return self.status in ("applied", "merged")
+
+
+class NeedsReview(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def classify(base: dict[str, Any], server: dict[str, Any], proposed: dict[str, Any]) -> dict[str, str]:
+    """Per field: changed by the device only, by the server only, by both, or by neither."""
+    result = {}
+    for name in sorted(set(base) | set(server) | set(proposed)):
+        device_changed = name in proposed and proposed[name] != base.get(name)
+        server_changed = server.get(name) != base.get(name)
+        if device_changed and server_changed and proposed[name] != server.get(name):
+            result[name] = BOTH_CHANGED
+        elif device_changed and not server_changed:
+            result[name] = DEVICE_ONLY
+        elif server_changed and not device_changed:
+            result[name] = SERVER_ONLY
+        else:
+            result[name] = UNCHANGED
+    return result
 
 
 class Rejected(Exception):
@@ -173,34 +217,34 @@ def _base_data(record: Record, base_version: int) -> dict[str, Any] | None:
     return row if isinstance(row, dict) else None
 
 
-def _resolve_update(record: Record, change: Change) -> tuple[dict[str, Any], Status]:
-    """New data for an update whose base_version is stale, or raise Rejected (conflict lost).
+def _resolve_update(
+    record: Record, change: Change, base: dict[str, Any] | None, *, allow_review: bool
+) -> tuple[dict[str, Any], Status]:
+    """New data for an update whose base_version is stale, or raise Rejected / NeedsReview.
 
-    Field by field: a `merge` field the server has not changed since the base version takes the
-    device's value; every other field falls back to last-write-wins."""
+    Field by field: a `merge` field that only the device changed takes the device's value; a
+    field changed on both sides falls back to its own policy: `review` waits for an officer,
+    anything else is last-write-wins."""
     record_type = record.type
     lww_wins = _lww_wins(change, record)
-    base = _base_data(record, change.base_version or 0)
     data = dict(record.data)
     merged_any = False
     lost: list[str] = []
     for name, value in change.data.items():
         policy = record_type.policy_for(name)
         server_changed = base is None or base.get(name) != record.data.get(name)
+        if value == record.data.get(name):
+            continue
         if policy == ConflictPolicy.MERGE and not server_changed:
             data[name] = value
             merged_any = True
-        elif policy in (ConflictPolicy.REVIEW, ConflictPolicy.REVIEW_ALL):
-            raise Rejected(
-                "review_not_available",
-                "Conflicts of this field wait for a compliance officer's review, which this server does not offer yet.",
-                current=record,
-            )
+        elif policy == ConflictPolicy.REVIEW and allow_review:
+            raise NeedsReview("conflict")
         elif lww_wins:
             data[name] = value
         else:
             lost.append(name)
-    if lost and len(lost) == len(change.data):
+    if lost and not merged_any and len(lost) == len([n for n in change.data if change.data[n] != record.data.get(n)]):
         raise Rejected(
             "conflict_lost",
             "A later edit of this record won (last write wins); the record's current state is returned.",
@@ -237,7 +281,22 @@ def _apply(actor: Actor, change: Change) -> Outcome:
         raise Rejected(
             "unknown_type", f"There is no record type {change.type_key!r}.", fields={"type": ["Unknown record type."]}
         )
+    # Policies route device edits; officers (admin, approval) apply directly.
+    from_device = actor.source == "device"
+    review_all = from_device and record_type.conflict_policy == ConflictPolicy.REVIEW_ALL
     if change.op == "create":
+        if review_all:
+            team = _team_for_create(actor, change)
+            _check_schema(record_type, change.data)
+            existing = Record.objects.select_related("team").filter(pk=change.record_id).first()
+            if existing is not None:
+                raise Rejected(
+                    "record_exists",
+                    "A record with this id already exists.",
+                    current=existing,
+                    fields={"record": ["Already exists."]},
+                )
+            return _pending(change, "review_all", record_type, team, record=None)
         return _create(actor, change, record_type)
 
     record = Record.objects.select_for_update().select_related("type", "team").filter(pk=change.record_id).first()
@@ -252,8 +311,6 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             current=record,
             fields={"type": [f"The record is a {record.type.key}."]},
         )
-    if record.deleted:
-        raise Rejected("record_deleted", "The record has been deleted.", current=record)
     base_version = change.base_version
     if base_version is None or base_version < 1 or base_version > record.version:
         raise Rejected(
@@ -262,19 +319,43 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             current=record,
             fields={"base_version": ["No such version."]},
         )
+    stale = base_version != record.version
+    reviewed = from_device and record_type.conflict_policy in (ConflictPolicy.REVIEW, ConflictPolicy.REVIEW_ALL)
+
+    if record.deleted:
+        # A tombstone is final under lww and merge. Under the review policies an edit of a
+        # deleted record waits for an officer, who may restore it.
+        if change.op == "update" and reviewed:
+            _check_schema(record_type, {**record.data, **change.data})
+            return _pending(change, "deleted", record_type, record.team, record=record)
+        if change.op == "update" and actor.source == "approval":
+            data = {**record.data, **change.data}
+            _check_schema(record_type, data)
+            return _write(actor, change, record, data=data, deleted=False, verb="record.restored", status="applied")
+        raise Rejected("record_deleted", "The record has been deleted.", current=record)
+
+    if review_all or (reviewed and stale):
+        if change.op == "update":
+            _check_schema(record_type, {**record.data, **change.data})
+        return _pending(change, "review_all" if review_all else "conflict", record_type, record.team, record=record)
 
     if change.op == "delete":
-        if base_version != record.version and not _lww_wins(change, record):
+        # A delete has no fields to merge: against a concurrent edit it is last-write-wins.
+        if stale and not _lww_wins(change, record):
             raise Rejected(
                 "conflict_lost", "The record was edited later than this delete (last write wins).", current=record
             )
         return _write(actor, change, record, data=record.data, deleted=True, verb="record.deleted", status="applied")
 
     status: Status = "applied"
-    if base_version == record.version:
+    if not stale:
         data = {**record.data, **change.data}
     else:
-        data, status = _resolve_update(record, change)
+        try:
+            data, status = _resolve_update(record, change, _base_data(record, base_version), allow_review=from_device)
+        except NeedsReview as needs:
+            _check_schema(record_type, {**record.data, **change.data})
+            return _pending(change, needs.reason, record_type, record.team, record=record)
     _check_schema(record_type, data)
     if data == record.data:
         # Nothing changes (a repeated edit, or every field lost): journal it, keep the version.
@@ -294,6 +375,32 @@ def _apply(actor: Actor, change: Change) -> Outcome:
         return Outcome(status=status, record_id=record.pk, version=record.version, data=record.data)
     verb = "record.merged" if status == "merged" else "record.updated"
     return _write(actor, change, record, data=data, deleted=False, verb=verb, status=status)
+
+
+def _pending(change: Change, reason: str, record_type: RecordType, team: Team, *, record: Record | None) -> Outcome:
+    """Leave the record as it is and describe what waits for a compliance officer."""
+    base = {} if record is None else (_base_data(record, change.base_version or 0) or {})
+    server = {} if record is None else record.data
+    proposed = change.data if change.op != "delete" else {}
+    request = ReviewRequest(
+        reason=reason,
+        record_type=record_type,
+        team=team,
+        base_version=change.base_version if record is not None else None,
+        base_data=base,
+        server_version=record.version if record is not None else None,
+        server_data=server,
+        proposed=proposed,
+        classification=classify(base, server, proposed),
+    )
+    return Outcome(
+        status="pending_review",
+        record_id=change.record_id,
+        version=record.version if record is not None else None,
+        data=None if record is None or record.deleted else record.data,
+        deleted=bool(record and record.deleted),
+        review=request,
+    )
 
 
 def _create(actor: Actor, change: Change, record_type: RecordType) -> Outcome:

@@ -18,10 +18,12 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from approvals.services import open_review, review_decision
 from audit.services import canonical_json, record_event
 from records.models import Record, Team
-from records.services import Actor, Change, ChangeError, Op, Outcome, apply_change
-from sync.models import Device, LedgerEntry
+from records.services import Actor, Change, ChangeError, Op, apply_change
+from records.services import Outcome as ChangeOutcome
+from sync.models import Device, LedgerEntry, Outcome
 
 # --- devices ----------------------------------------------------------------------------------
 
@@ -117,7 +119,7 @@ class Action:
         return hashlib.sha256(canonical_json(self.raw).encode()).hexdigest()
 
 
-def _result(action_id: uuid.UUID, outcome: Outcome) -> dict[str, Any]:
+def _result(action_id: uuid.UUID, outcome: ChangeOutcome) -> dict[str, Any]:
     return {
         "id": str(action_id),
         "status": outcome.status,
@@ -131,7 +133,9 @@ def _result(action_id: uuid.UUID, outcome: Outcome) -> dict[str, Any]:
 
 
 def _rejected(action: Action, code: str, message: str) -> dict[str, Any]:
-    return _result(action.id, Outcome(status="rejected", record_id=action.record, error=ChangeError(code, message)))
+    return _result(
+        action.id, ChangeOutcome(status="rejected", record_id=action.record, error=ChangeError(code, message))
+    )
 
 
 class _Duplicate(Exception):
@@ -204,7 +208,11 @@ def push_one(
                     team_slug=action.team,
                     action_id=action.id,
                 )
-                result = _result(action.id, apply_change(actor=actor, change=change))
+                outcome = apply_change(actor=actor, change=change)
+                result = _result(action.id, outcome)
+                if outcome.review is not None:
+                    review = open_review(actor=actor, change=change, request=outcome.review)
+                    result["review"] = str(review.id)
             entry.status = result["status"]
             entry.error_code = result["error"]["code"] if result["error"] else ""
             entry.result = result
@@ -233,7 +241,24 @@ def action_result(*, device: Device, action_id: uuid.UUID) -> dict[str, Any] | N
     entry = LedgerEntry.objects.filter(device=device, action_id=action_id).first()
     if entry is None:
         return None
-    return dict(entry.result)
+    result = dict(entry.result)
+    if entry.status == Outcome.PENDING_REVIEW and result.get("review"):
+        decision = review_decision(uuid.UUID(result["review"]))
+        if decision is not None:
+            result["decision"] = decision
+            # The action's final outcome, as the device should now treat it.
+            if decision["state"] in ("approved", "resolved"):
+                result["status"] = "applied"
+                result["version"] = decision["version"]
+                result["data"] = decision["data"]
+            else:
+                result["status"] = "rejected"
+                result["error"] = {
+                    "code": f"review_{decision['state']}",
+                    "message": decision["note"] or f"The review was {decision['state']}.",
+                    "fields": {},
+                }
+    return result
 
 
 def purge_expired_ledger_entries(*, now: datetime | None = None) -> int:

@@ -1,0 +1,234 @@
+"""Reviews: opening one for a device action that waits, and the officer's decision.
+
+`decide_review` is the one way a review is decided (the admin page, the bulk action and tests
+all call it). It locks the review and the record, checks the state, the four-eyes rule and the
+record version the officer looked at, applies through records.services.apply_change (a new
+version with source `approval`) and journals the decision, all in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.models import Review, ReviewState
+from audit.services import record_event
+from records.models import Record, RecordVersion
+from records.services import BOTH_CHANGED, DEVICE_ONLY, Actor, Change, ReviewRequest, apply_change, classify
+
+Decision = Literal["approve", "reject"]
+# Per field: keep the server's value, take the device's, or an officer's own value.
+Choice = Literal["server", "device"] | dict[str, Any]
+
+
+class DecisionError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def open_review(*, actor: Actor, change: Change, request: ReviewRequest) -> Review:
+    """Record the waiting action (in the caller's transaction, beside its ledger entry)."""
+    review = Review.objects.create(
+        reason=request.reason,
+        record_type=request.record_type,
+        team=request.team,
+        record_id=change.record_id,
+        op=change.op,
+        action_id=change.action_id,
+        device_id=actor.device_id,
+        submitted_by=actor.user,
+        captured_at=change.captured_at,
+        base_version=request.base_version,
+        base_data=request.base_data,
+        server_version=request.server_version,
+        server_data=request.server_data,
+        proposed_data=request.proposed,
+        classification=request.classification,
+    )
+    record_event(
+        verb="review.opened",
+        source=actor.source,
+        actor=actor.user,
+        device_id=actor.device_id,
+        object_type="review",
+        object_id=review.id,
+        occurred_at=change.captured_at,
+        action_id=change.action_id,
+        request_id=actor.request_id,
+        record_type=request.record_type.key,
+        team=request.team.slug,
+        changes={"record": [None, str(change.record_id)], "op": [None, change.op], "reason": [None, request.reason]},
+    )
+    return review
+
+
+def default_choices(review: Review) -> dict[str, Choice]:
+    """What "approve" means when the officer chose nothing: the device's value for every field it
+    changed. Fields changed on both sides have no default; the officer must choose."""
+    return {
+        name: "device"
+        for name, how in review.classification.items()
+        if how == DEVICE_ONLY and name in review.proposed_data
+    }
+
+
+def can_decide(review: Review, officer: User) -> bool:
+    return officer.has_perm("approvals.decide_review") and review.submitted_by_id != officer.pk
+
+
+@dataclass(frozen=True)
+class Resolution:
+    data: dict[str, Any]  # the record's data after the decision (for create/update)
+    state: str  # approved | resolved
+
+
+def live_classification(review: Review, current: dict[str, Any]) -> dict[str, str]:
+    """The per-field classification against the record as it is now (it may have moved since the
+    review opened)."""
+    return classify(review.base_data, current, review.proposed_data)
+
+
+def resolve(review: Review, current: dict[str, Any], choices: dict[str, Choice]) -> Resolution:
+    classification = live_classification(review, current)
+    missing = [name for name, how in classification.items() if how == BOTH_CHANGED and name not in choices]
+    if missing:
+        raise DecisionError(
+            "choice_required", f"Choose a value for the fields changed on both sides: {', '.join(missing)}."
+        )
+    data = dict(current)
+    all_device = True
+    for name, how in classification.items():
+        choice = choices.get(name, "device" if how == DEVICE_ONLY else "server")
+        if choice == "device":
+            if name in review.proposed_data:
+                data[name] = review.proposed_data[name]
+        elif choice == "server":
+            if name in review.proposed_data and review.proposed_data[name] != current.get(name):
+                all_device = False
+        elif isinstance(choice, dict) and "value" in choice:
+            data[name] = choice["value"]
+            if choice["value"] != review.proposed_data.get(name):
+                all_device = False
+        else:
+            raise DecisionError("invalid_choice", f"{name}: choose server, device or a value.")
+    return Resolution(data=data, state=ReviewState.APPROVED if all_device else ReviewState.RESOLVED)
+
+
+def decide_review(
+    *,
+    review_id: uuid.UUID,
+    officer: User,
+    decision: Decision,
+    seen_version: int | None,
+    choices: dict[str, Choice] | None = None,
+    note: str = "",
+) -> Review:
+    """Decide a pending review. `seen_version` is the record version the officer looked at; if the
+    record moved since, the decision is refused (`stale_review`) and must be re-examined."""
+    with transaction.atomic():
+        review = Review.objects.select_for_update().select_related("record_type", "team").get(pk=review_id)
+        if not officer.has_perm("approvals.decide_review"):
+            raise DecisionError("permission_denied", "Only compliance officers decide reviews.")
+        if review.state != ReviewState.PENDING:
+            raise DecisionError("already_decided", f"This review is already {review.state}.")
+        if review.submitted_by_id == officer.pk:
+            raise DecisionError("own_edit", "Four eyes: you cannot decide a review of your own edit.")
+        record = Record.objects.select_for_update().filter(pk=review.record_id).first()
+        current_version = record.version if record is not None else None
+        if seen_version != current_version:
+            raise DecisionError(
+                "stale_review",
+                f"The record changed since you looked at it (now version {current_version}); re-examine the review.",
+            )
+        state: str
+        result_version = current_version
+        if decision == "reject":
+            if not note.strip():
+                raise DecisionError("note_required", "Say why the edit is rejected.")
+            state = ReviewState.REJECTED
+        elif review.op != "create" and record is None:
+            state = ReviewState.SUPERSEDED
+        else:
+            state, result_version = _apply_decision(review, record, officer, choices or {})
+        review.state = state
+        review.decided_by = officer
+        review.decided_at = timezone.now()
+        review.decided_on_version = current_version
+        review.note = note
+        review.resolution = {k: v for k, v in (choices or {}).items()} or None
+        review.result_version = result_version
+        review.save()
+        record_event(
+            verb="review.decided",
+            source="approval",
+            actor=officer,
+            object_type="review",
+            object_id=review.id,
+            action_id=review.action_id,
+            record_type=review.record_type.key,
+            team=review.team.slug,
+            changes={"state": [ReviewState.PENDING, state], "note": [None, note or None]},
+        )
+    return review
+
+
+def _apply_decision(
+    review: Review, record: Record | None, officer: User, choices: dict[str, Choice]
+) -> tuple[str, int | None]:
+    actor = Actor(user=officer, source="approval")
+    state: str
+    if review.op == "delete":
+        state, data = ReviewState.APPROVED.value, {}
+    else:
+        current = record.data if record is not None else {}
+        resolution = resolve(review, current, choices)
+        state = resolution.state
+        data = (
+            resolution.data
+            if review.op == "create"
+            else {k: v for k, v in resolution.data.items() if current.get(k) != v}
+        )
+    outcome = apply_change(
+        actor=actor,
+        change=Change(
+            op=review.op,  # type: ignore[arg-type]
+            record_id=review.record_id,
+            type_key=review.record_type.key,
+            data=data,
+            captured_at=review.captured_at,
+            base_version=record.version if record is not None else None,
+            team_slug=review.team.slug,
+            action_id=review.action_id,
+        ),
+    )
+    if outcome.error is not None:
+        raise DecisionError(outcome.error.code, outcome.error.message)
+    return state, outcome.version
+
+
+def review_decision(review_id: uuid.UUID) -> dict[str, Any] | None:
+    """The decision of a review as a device sees it (None while pending)."""
+    review = Review.objects.select_related("decided_by").filter(pk=review_id).first()
+    if review is None or review.state == ReviewState.PENDING:
+        return None
+    return {
+        "state": review.state,
+        "decided_by": review.decided_by.get_username() if review.decided_by else None,
+        "decided_at": review.decided_at.isoformat() if review.decided_at else None,
+        "note": review.note,
+        "version": review.result_version,
+        "data": RecordVersion.objects.filter(record_id=review.record_id, version=review.result_version or 0)
+        .values_list("data", flat=True)
+        .first()
+        if review.state in (ReviewState.APPROVED, ReviewState.RESOLVED)
+        else None,
+    }
+
+
+__all__ = ["BOTH_CHANGED", "DecisionError", "decide_review", "open_review", "review_decision"]
