@@ -9,6 +9,7 @@ class RecordsConfig(AppConfig):
 
         from records.roles import sync_role_permissions
 
-        # Keeps the role groups' permissions equal to ROLE_PERMISSIONS after every migrate
-        # (permissions of models added later only exist after their migration ran).
-        post_migrate.connect(sync_role_permissions, sender=self)
+        # Keeps the role groups' permissions equal to ROLE_PERMISSIONS after every migrate.
+        # No sender: it must also run after the apps that come later (approvals, sync), whose
+        # permissions only exist once their own post_migrate has created them.
+        post_migrate.connect(sync_role_permissions, dispatch_uid="fieldsync-role-permissions")
