@@ -42,7 +42,7 @@ class Command(BaseCommand):
             user.email = f"{username}@example.com"
             user.set_password(DEMO_PASSWORD)
             user.save()
-            user.groups.set([Group.objects.get(name=role)] if role else [])
+            user.groups.set([Group.objects.get_or_create(name=role)[0]] if role else [])
             user.teams.set([teams[slug] for slug in team_slugs])
         for spec in RECORD_TYPES:
             record_type = RecordType.objects.filter(key=spec["key"]).first()
