@@ -34,6 +34,20 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID that arrived as a string in its canonical 8-4-4-4-12 form. DRF alone would turn
+    the number 5 into 00000000-...-000000000005 and accept "{...}" and "urn:uuid:" spellings,
+    so one id could travel under several spellings (and fingerprints)."""
+
+    def to_internal_value(self, data: Any) -> uuid.UUID:
+        if not isinstance(data, str) or not _UUID.match(data):
+            self.fail("invalid", value=data)
+        return uuid.UUID(data)
+
+
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
@@ -61,18 +75,46 @@ def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict
     return dict(serializer.validated_data)
 
 
+# Deeper than any record schema needs; far enough below the interpreter's recursion limit that
+# the JSON encoder (and jsonschema) never hit it further down the request.
+MAX_JSON_DEPTH = 64
+
+
 class StrictJSONParser(JSONParser):
-    """JSON without NaN/Infinity (not JSON) and without duplicate keys (ambiguous)."""
+    """JSON without NaN/Infinity (not JSON), without duplicate keys (ambiguous) and nested at
+    most MAX_JSON_DEPTH levels (deeper nesting crashes the decoder with a RecursionError)."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         try:
-            return json.load(
+            value = json.load(
                 codecs.getreader("utf-8")(stream),
                 parse_constant=_reject_constant,
                 object_pairs_hook=_reject_duplicate_keys,
             )
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"Malformed JSON: {exc}") from None
+        except RecursionError:
+            raise ParseError(f"Malformed JSON: nested deeper than {MAX_JSON_DEPTH} levels.") from None
+        if _nested_deeper_than(value, MAX_JSON_DEPTH):
+            raise ParseError(f"Malformed JSON: nested deeper than {MAX_JSON_DEPTH} levels.")
+        return value
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    # Iterative on purpose: a recursive walk would hit the very limit it guards.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _reject_constant(value: str) -> Any:

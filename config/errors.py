@@ -96,9 +96,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             message, fields = "; ".join(fields[""]), {}
         response.data = error_body(code, message, fields)
     else:
-        # Authentication failures carry a specific code (device_revoked, invalid_token).
+        # Authentication failures carry a specific code (device_revoked, invalid_token). A
+        # class's default code ("parse_error") is not specific: the table above names it.
         detail_code = getattr(detail, "code", None)
-        if isinstance(detail_code, str) and detail_code not in {"invalid", "error", "authentication_failed"}:
+        generic = {"invalid", "error", getattr(exc, "default_code", "")}
+        if isinstance(detail_code, str) and detail_code not in generic:
             code = detail_code
         response.data = error_body(code, str(detail))
     return response

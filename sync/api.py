@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ from config.api import (
     ErrorSerializer,
     StrictCharField,
     StrictIntegerField,
+    StrictUUIDField,
     request_id,
     validated,
 )
@@ -42,10 +44,10 @@ class RegisterIn(serializers.Serializer):
 
 
 class ActionIn(serializers.Serializer):
-    id = serializers.UUIDField(format="hex_verbose")
+    id = StrictUUIDField(format="hex_verbose")
     op = serializers.ChoiceField(choices=["create", "update", "delete"])
     type = StrictCharField(max_length=64)
-    record = serializers.UUIDField(format="hex_verbose")
+    record = StrictUUIDField(format="hex_verbose")
     team = StrictCharField(max_length=64, required=False, allow_null=True, default=None)
     base_version = StrictIntegerField(min_value=1, required=False, allow_null=True, default=None)
     data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
@@ -96,6 +98,11 @@ class PullOut(serializers.Serializer):
     changes = ChangeOut(many=True)
     cursor = serializers.CharField()
     has_more = serializers.BooleanField()
+
+
+# ASCII digits only, and few of them: str.isdigit() accepts "²" (int() then fails) and int()
+# refuses strings of more than 4300 digits; either was a 500.
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
 
 
 def _device(request: Request) -> Device:
@@ -194,7 +201,7 @@ class PushView(APIView):
     def post(self, request: Request) -> Response:
         limit = settings.SYNC_MAX_PUSH_BYTES
         length = request.META.get("CONTENT_LENGTH") or ""
-        if not length.isdigit():
+        if not _DIGITS.match(length):
             raise ApiError("length_required", "Send a Content-Length header.", status_code=411)
         if int(length) > limit:
             raise ApiError(
@@ -237,7 +244,7 @@ class PullView(APIView):
     )
     def get(self, request: Request) -> Response:
         raw_limit = request.query_params.get("limit", "500")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.SYNC_MAX_PULL_LIMIT:
+        if not _DIGITS.match(raw_limit) or not 1 <= int(raw_limit) <= settings.SYNC_MAX_PULL_LIMIT:
             raise ApiError(
                 "invalid_limit",
                 f"limit must be an integer from 1 to {settings.SYNC_MAX_PULL_LIMIT}.",

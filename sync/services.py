@@ -10,7 +10,7 @@ import json
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -165,6 +165,17 @@ def push(*, device: Device, sent_at: datetime, actions: list[Action], request_id
     return results
 
 
+def corrected_capture_time(captured_at: datetime, *, offset: timedelta, received_at: datetime) -> datetime:
+    """The capture time on the server's clock: shifted by the device's offset (server receive time
+    minus sent_at), and never later than the push arrived (a capture "after" that is a bad clock)."""
+    try:
+        return min(captured_at + offset, received_at)
+    except OverflowError:
+        # A clock thousands of years off pushes the sum past year 1 or 9999; both ends are valid
+        # input (DRF accepts them), so clamp instead of failing the push with a 500.
+        return received_at if offset > timedelta(0) else datetime.min.replace(tzinfo=UTC)
+
+
 def push_one(
     *,
     device: Device,
@@ -175,8 +186,7 @@ def push_one(
     rejected_creates: set[uuid.UUID],
 ) -> dict[str, Any]:
     fingerprint = action.fingerprint
-    # Corrected for the device's clock; a capture "after" the push arrived is a bad clock.
-    captured_at = min(action.captured_at + offset, received_at)
+    captured_at = corrected_capture_time(action.captured_at, offset=offset, received_at=received_at)
     try:
         with transaction.atomic():
             try:
