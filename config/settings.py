@@ -65,7 +65,8 @@ def env_url(name: str, *, schemes: set[str]) -> str:
     parsed = urlparse(raw)
     if parsed.scheme not in schemes:
         allowed = ", ".join(sorted(schemes))
-        raise ImproperlyConfigured(f"{name} must be a URL with scheme {allowed}, got {raw!r}")
+        # Name only the scheme: the rest of the URL may carry a password into the logs.
+        raise ImproperlyConfigured(f"{name} must be a URL with scheme {allowed}, got scheme {parsed.scheme!r}")
     return raw
 
 
@@ -131,12 +132,19 @@ TEMPLATES = [
 
 _default_db_url = f"sqlite:///{VAR_DIR / 'fieldsync.sqlite3'}"
 _db_url = env_str("DATABASE_URL", _default_db_url).strip() or _default_db_url
+_db_conn_max_age = env_int("DB_CONN_MAX_AGE", 60)
+# Only the two backends this project is built and tested for (mysqlclient is installed; a
+# postgres:// URL would only fail later, at the first query, without naming the variable).
+_db_engines = {"sqlite": "django.db.backends.sqlite3", "mysql": "django.db.backends.mysql"}
+_db_scheme = urlparse(_db_url).scheme
+if _db_scheme not in _db_engines:
+    raise ImproperlyConfigured(f"DATABASE_URL must start with sqlite:// or mysql://, got scheme {_db_scheme!r}")
 try:
-    _db = dj_database_url.parse(_db_url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
+    _db = dj_database_url.parse(_db_url, conn_max_age=_db_conn_max_age)
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
-if not _db.get("ENGINE"):
-    raise ImproperlyConfigured(f"DATABASE_URL has an unknown scheme: {_db_url!r}")
+if _db.get("ENGINE") != _db_engines[_db_scheme] or not _db.get("NAME"):
+    raise ImproperlyConfigured("DATABASE_URL must name a database (mysql://user:password@host:3306/name)")
 
 if _db["ENGINE"] == "django.db.backends.mysql":
     _db["OPTIONS"] = {
@@ -182,6 +190,9 @@ else:
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or "cache+memory://"
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+if not CELERY_TASK_ALWAYS_EAGER and not REDIS_URL:
+    # The in-memory broker lives in one process: no worker would ever see those tasks.
+    raise ImproperlyConfigured("CELERY_TASK_ALWAYS_EAGER=0 needs REDIS_URL (a broker the workers share)")
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -191,10 +202,21 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 120, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 150, minimum=1)
+if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT}) must be above "
+        f"CELERY_TASK_SOFT_TIME_LIMIT ({CELERY_TASK_SOFT_TIME_LIMIT}), or tasks never get to clean up"
+    )
 CELERY_RESULT_EXPIRES = timedelta(days=1)
 # A late-acked task comes back after the visibility timeout if its worker died; it must be
 # longer than the hard time limit, or a slow but healthy task would run twice.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600)}
+_visibility_timeout = env_int("CELERY_VISIBILITY_TIMEOUT", 600, minimum=1)
+if _visibility_timeout <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"CELERY_VISIBILITY_TIMEOUT ({_visibility_timeout}) must be above CELERY_TASK_TIME_LIMIT "
+        f"({CELERY_TASK_TIME_LIMIT}), or a slow task is handed to a second worker while it still runs"
+    )
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _visibility_timeout}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "purge-expired-ledger-entries": {
@@ -283,11 +305,14 @@ DEVICE_LAST_SEEN_INTERVAL = timedelta(minutes=1)
 # limit with a clear 413, so this only has to be above it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = SYNC_MAX_PUSH_BYTES + 1024 * 1024
 
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
 
 if not DEBUG:

@@ -67,8 +67,10 @@ class RecordForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk and not self.instance._state.adding:
             self.fields["base_version"].initial = self.instance.version
+            # A view-only user's form has no editable fields at all (the admin makes them readonly).
             for name in ("type", "team"):
-                self.fields[name].disabled = True
+                if name in self.fields:
+                    self.fields[name].disabled = True
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

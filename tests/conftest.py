@@ -28,6 +28,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _test_speed_and_static(settings: Any) -> None:
+    # seed_demo hashes six passwords per test; at PBKDF2's production cost that is over a second.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Admin pages name static files; the production manifest storage needs `collectstatic` first.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture
 def demo(db: None) -> None:
     call_command("seed_demo", stdout=open(os.devnull, "w"))  # noqa: SIM115
@@ -62,8 +73,9 @@ class DeviceClient(APIClient):
 @pytest.fixture
 def device_for(demo: None) -> Callable[[str], DeviceClient]:
     def make(username: str) -> DeviceClient:
-        device, token = register_device(user=User.objects.get(username=username), name=f"{username}'s phone",
-                                        platform="android")
+        device, token = register_device(
+            user=User.objects.get(username=username), name=f"{username}'s phone", platform="android"
+        )
         client = DeviceClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
         client.device_id = device.id
