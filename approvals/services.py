@@ -132,7 +132,9 @@ def decide_review(
     """Decide a pending review. `seen_version` is the record version the officer looked at; if the
     record moved since, the decision is refused (`stale_review`) and must be re-examined."""
     with transaction.atomic():
-        review = Review.objects.select_for_update().select_related("record_type", "team").get(pk=review_id)
+        # The review row alone: select_related would lock the type and team rows too (no FOR
+        # UPDATE OF on MariaDB) and deadlock with a push that holds the record.
+        review = Review.objects.select_for_update().get(pk=review_id)
         if not officer.has_perm("approvals.decide_review"):
             raise DecisionError("permission_denied", "Only compliance officers decide reviews.")
         if review.state != ReviewState.PENDING:

@@ -299,7 +299,10 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             return _pending(change, "review_all", record_type, team, record=None)
         return _create(actor, change, record_type)
 
-    record = Record.objects.select_for_update().select_related("type", "team").filter(pk=change.record_id).first()
+    # Lock the record row alone. With select_related, FOR UPDATE also locks the joined type and
+    # team rows (MariaDB has no FOR UPDATE OF): every write of a type would queue on one row, and
+    # decide_review (review row, then record) deadlocked with a push (record, then type row).
+    record = Record.objects.select_for_update().filter(pk=change.record_id).first()
     if record is None or not _may_write(actor, record):
         raise Rejected(
             "record_not_found", "There is no such record in your teams.", fields={"record": ["Unknown record."]}
@@ -311,6 +314,7 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             current=record,
             fields={"type": [f"The record is a {record.type.key}."]},
         )
+    record.type = record_type
     base_version = change.base_version
     if base_version is None or base_version < 1 or base_version > record.version:
         raise Rejected(
