@@ -159,6 +159,7 @@ class ReviewAdmin(admin.ModelAdmin):
 
 
 def _show(value: Any) -> str:
+    # JSON, as the "enter a value" box expects it (true, not Python's True); text as it is.
     if value is None:
         return ""
-    return json.dumps(value, ensure_ascii=False, indent=1) if isinstance(value, (dict, list)) else str(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
