@@ -38,8 +38,9 @@ lint: venv
 typecheck: venv
 	DEBUG=1 mypy .
 
+# The embedded default, whatever the calling shell exports.
 test-sqlite: venv
-	pytest
+	env -u DATABASE_URL -u REDIS_URL -u CELERY_TASK_ALWAYS_EAGER pytest
 
 test-mariadb: venv
 	bash scripts/test-services.sh

@@ -1,0 +1,194 @@
+"""A real Celery worker on Redis, against the test database: a task asked for inside a
+transaction runs once that transaction commits, and is never even sent when it rolls back.
+(Eager mode runs tasks inline and would hide both.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+import redis
+from django.db import connection, transaction
+from django.utils import timezone
+
+from config.celery import app as celery_app
+from sync.models import Device, LedgerEntry
+from sync.tasks import purge_expired_ledger_entries
+from tests.conftest import DeviceClient
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PURGE = "sync.tasks.purge_expired_ledger_entries"
+WAIT_SECONDS = 30
+
+pytestmark = [pytest.mark.celery_worker, pytest.mark.django_db(transaction=True)]
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen[bytes], hostname: str, log: Path) -> None:
+        self.process = process
+        self.hostname = hostname
+        self.log = log
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+    def executed(self, task: str) -> int:
+        """How many `task` messages this worker has run since it started."""
+        stats = celery_app.control.inspect(destination=[self.hostname], timeout=5).stats() or {}
+        assert self.hostname in stats, f"worker did not answer inspect; log:\n{self.log_tail()}"
+        return int(stats[self.hostname].get("total", {}).get(task, 0))
+
+
+def _database_url_for_test_db() -> str:
+    """DATABASE_URL with the database name swapped for the test database pytest-django made."""
+    url = urlparse(os.environ["DATABASE_URL"])
+    return urlunparse(url._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    if not os.environ.get("REDIS_URL"):
+        pytest.fail("the Celery worker tests need REDIS_URL (scripts/test-services.sh sets it)")
+    hostname = f"fieldsync-test-{uuid.uuid4().hex[:8]}@localhost"
+    log = tmp_path_factory.mktemp("celery") / "worker.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url_for_test_db(),
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "DB_CONN_MAX_AGE": "0",
+    }
+    # Publish to Redis from this process too (the suite otherwise runs tasks eagerly), and
+    # start from an empty queue so a leftover message cannot stand in for ours.
+    was_eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = False
+    celery_app.control.purge()
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("celery")),
+                "-A",
+                "config",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "-l",
+                "info",
+                "-n",
+                hostname,
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = Worker(process, hostname, log)
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not celery_app.control.ping(destination=[hostname], timeout=0.5):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Celery worker did not come up; log:\n{running.log_tail()}")
+        yield running
+    finally:
+        celery_app.conf.task_always_eager = was_eager
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def queued_messages() -> int:
+    return int(redis.Redis.from_url(os.environ["REDIS_URL"]).llen("celery"))
+
+
+def ledger_entries(device: Device, *, age: timedelta, count: int) -> list[int]:
+    """Ledger rows received `age` ago. Written directly: only their age matters to the purge."""
+    received_at = timezone.now() - age
+    return [
+        LedgerEntry.objects.create(
+            device=device,
+            action_id=uuid.uuid4(),
+            fingerprint="0" * 64,
+            op="create",
+            type_key="stock_count",
+            record_id=uuid.uuid4(),
+            status="applied",
+            captured_at=received_at,
+            clock_offset_ms=0,
+            received_at=received_at,
+        ).pk
+        for _ in range(count)
+    ]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = WAIT_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_a_worker_runs_the_ledger_purge_once_the_transaction_commits(
+    worker: Worker, device_for: Callable[[str], DeviceClient]
+) -> None:
+    device = Device.objects.get(pk=device_for("alice").device_id)
+    expired = ledger_entries(device, age=timedelta(days=91), count=3)
+    fresh = ledger_entries(device, age=timedelta(days=89), count=2)
+    runs_before = worker.executed(PURGE)
+
+    with transaction.atomic():
+        purge_expired_ledger_entries.delay_on_commit()
+        time.sleep(1)
+        assert queued_messages() == 0, "sent before the transaction committed"
+    assert LedgerEntry.objects.filter(pk__in=expired).count() == 3, "ran in this process, not on the worker"
+
+    purged = wait_until(lambda: not LedgerEntry.objects.filter(pk__in=expired).exists())
+    assert purged, f"the worker did not purge the expired entries; log:\n{worker.log_tail()}"
+    assert sorted(LedgerEntry.objects.values_list("pk", flat=True)) == sorted(fresh)
+    assert wait_until(lambda: worker.executed(PURGE) == runs_before + 1, seconds=5)
+
+
+def test_nothing_is_enqueued_when_the_transaction_rolls_back(
+    worker: Worker, device_for: Callable[[str], DeviceClient]
+) -> None:
+    device = Device.objects.get(pk=device_for("alice").device_id)
+    expired = ledger_entries(device, age=timedelta(days=91), count=3)
+    runs_before = worker.executed(PURGE)
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        purge_expired_ledger_entries.delay_on_commit()
+        raise RuntimeError("the change that asked for the task failed")
+
+    time.sleep(2)
+    assert queued_messages() == 0
+    assert worker.executed(PURGE) == runs_before
+    assert LedgerEntry.objects.filter(pk__in=expired).count() == 3
+    assert celery_app.control.ping(destination=[worker.hostname], timeout=2), "the worker is still up and idle"
+
+
+def test_the_worker_runs_on_the_test_database_with_late_acks_and_prefetch_one(worker: Worker) -> None:
+    conf: dict[str, Any] = celery_app.control.inspect(destination=[worker.hostname], timeout=5).conf() or {}
+    worker_conf = conf[worker.hostname]  # the Django settings, as the worker process sees them
+    assert worker_conf["DATABASES"]["default"]["NAME"] == connection.settings_dict["NAME"]
+    assert worker_conf["CELERY_TASK_ALWAYS_EAGER"] is False
+    assert worker_conf["CELERY_TASK_ACKS_LATE"] is True
+    assert worker_conf["CELERY_WORKER_PREFETCH_MULTIPLIER"] == 1
