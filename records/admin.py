@@ -157,7 +157,10 @@ class RecordAdmin(admin.ModelAdmin):
             obj.refresh_from_db()
 
     def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
-        pass  # versions are read-only and written by the service
+        # Versions are read-only and written by the service: save no formset, but say that none
+        # changed (the admin's change message reads these lists; without them every edit was a 500).
+        for formset in formsets:
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
 
     def delete_model(self, request: HttpRequest, obj: Record) -> None:
         self._tombstone(request, obj)
