@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MARIADB_URL ?= mysql://root@127.0.0.1:3306/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test lint typecheck test-sqlite test-mariadb serve bench clean
+.PHONY: run test lint typecheck test-sqlite test-mariadb test-browser serve bench clean
 
 $(VENV)/.installed: requirements.txt scripts/system-deps.sh
 	bash scripts/system-deps.sh
@@ -44,6 +44,11 @@ test-sqlite: venv
 
 test-mariadb: venv
 	bash scripts/test-services.sh
+
+# The officer's review in a real browser alone: Playwright drives Debian's chromium
+# (`apt-get install chromium`; `playwright install` is never needed). Part of test-sqlite too.
+test-browser: venv
+	env -u DATABASE_URL -u REDIS_URL -u CELERY_TASK_ALWAYS_EAGER pytest -m browser -rs
 
 test: lint typecheck test-sqlite test-mariadb
 
