@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import dj_database_url
+from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -223,6 +224,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "sync.tasks.purge_expired_ledger_entries",
         "schedule": timedelta(hours=6),
     },
+    "sweep-attachments": {
+        "task": "attachments.tasks.sweep_attachments",
+        "schedule": timedelta(minutes=5),
+    },
 }
 
 # --- Storage --------------------------------------------------------------------------------
@@ -246,6 +251,13 @@ if AWS_STORAGE_BUCKET_NAME:
             "file_overwrite": False,
             "querystring_auth": True,
             "querystring_expire": env_int("AWS_QUERYSTRING_EXPIRE", 300, minimum=1),
+            # boto3 >= 1.36 sends new default checksums that S3-compatible servers reject
+            # (django-storages #1482); only send them where S3 requires them.
+            "client_config": BotoConfig(
+                signature_version="s3v4",
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
         },
     }
 else:
@@ -263,6 +275,30 @@ STORAGES = {
         )
     },
 }
+
+# --- Attachments (docs/attachments.md) ------------------------------------------------------
+
+ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 256 * 1024 * 1024, minimum=1)
+ATTACHMENT_SIMPLE_MAX_BYTES = env_int("ATTACHMENT_SIMPLE_MAX_BYTES", 32 * 1024 * 1024, minimum=1)
+# Partial tus uploads wait here. Every app server must see the same directory (a shared volume)
+# when there is more than one: the chunks of one upload may reach any of them.
+ATTACHMENT_STAGING_DIR = Path(env_str("ATTACHMENT_STAGING_DIR", str(VAR_DIR / "uploads")))
+ATTACHMENT_UPLOAD_EXPIRY = timedelta(hours=env_int("ATTACHMENT_UPLOAD_EXPIRY_HOURS", 7 * 24, minimum=1))
+# Devices stay offline for weeks: a file uploaded before its record's push waits this long.
+ATTACHMENT_UNLINKED_GRACE = timedelta(days=env_int("ATTACHMENT_UNLINKED_GRACE_DAYS", 30, minimum=1))
+# Seconds a PATCH may go without receiving a byte before another request may take the upload over.
+ATTACHMENT_PATCH_LEASE = env_int("ATTACHMENT_PATCH_LEASE", 60, minimum=1)
+# A verification holds its attachment this long; past it, the sweeper hands it to another worker.
+# Above the task's hard time limit, or a slow but healthy verification runs twice (harmlessly).
+ATTACHMENT_VERIFY_LEASE = env_int("ATTACHMENT_VERIFY_LEASE", CELERY_TASK_TIME_LIMIT + 30, minimum=1)
+ATTACHMENT_VERIFY_MAX_ATTEMPTS = env_int("ATTACHMENT_VERIFY_MAX_ATTEMPTS", 5, minimum=1)
+# The sweeper leaves a fresh upload to the task enqueued on commit for this long.
+ATTACHMENT_ENQUEUE_GRACE = timedelta(seconds=env_int("ATTACHMENT_ENQUEUE_GRACE", 120, minimum=0))
+ATTACHMENT_MAX_IMAGE_PIXELS = env_int("ATTACHMENT_MAX_IMAGE_PIXELS", 64_000_000, minimum=1)
+ATTACHMENT_THUMBNAIL_SIZE = 320
+# Lifetime of a presigned S3 download URL: long enough to start the download, short enough
+# that a leaked link is soon useless.
+ATTACHMENT_DOWNLOAD_URL_SECONDS = env_int("ATTACHMENT_DOWNLOAD_URL_SECONDS", 60, minimum=1)
 
 # --- Auth, i18n -----------------------------------------------------------------------------
 

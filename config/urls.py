@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from attachments.api import AttachmentContentView, AttachmentView, TusCreateView, TusUploadView
 from config.health import healthz
 from records.api import RecordTypeListView
 from sync.api import ActionView, MeView, PullView, PushView, RegisterView
@@ -16,6 +17,10 @@ api_v1 = [
     path("sync/push", PushView.as_view(), name="sync-push"),
     path("sync/pull", PullView.as_view(), name="sync-pull"),
     path("sync/actions/<uuid:action_id>", ActionView.as_view(), name="sync-action"),
+    path("attachments/<uuid:attachment_id>", AttachmentView.as_view(), name="attachment"),
+    path("attachments/<uuid:attachment_id>/content", AttachmentContentView.as_view(), name="attachment-content"),
+    path("uploads/", TusCreateView.as_view(), name="tus-create"),
+    path("uploads/<uuid:attachment_id>", TusUploadView.as_view(), name="tus-upload"),
 ]
 
 urlpatterns = [
