@@ -43,7 +43,7 @@ print(json.dumps({
     "storage_backend": s.STORAGES["default"]["BACKEND"],
     "storage_options": s.STORAGES["default"].get("OPTIONS", {}),
     "media_root": str(s.MEDIA_ROOT),
-}))
+}, default=repr))
 """
 
 
