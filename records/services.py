@@ -17,6 +17,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from jsonschema import Draft202012Validator, FormatChecker
 
+from attachments import services as attachments
 from audit.services import diff, record_event
 from records.models import ConflictPolicy, Record, RecordType, RecordVersion, Team
 
@@ -169,6 +170,111 @@ def _check_schema(record_type: RecordType, data: dict[str, Any]) -> None:
     errors = schema_errors(record_type, data)
     if errors:
         raise Rejected("schema_violation", "The record does not match its type's schema.", fields=errors)
+
+
+# --- attachment references ------------------------------------------------------------------
+
+_ATTACHMENT_REFUSALS = {
+    "attachment_not_found": "There is no such attachment (upload it before pushing the record).",
+    "attachment_incomplete": "The attachment's upload is not complete.",
+    "attachment_rejected": "The attachment was rejected by verification.",
+    "attachment_forbidden": "The attachment was uploaded by someone outside the record's team.",
+}
+
+
+def _attachment_values(schema: Any, value: Any, path: str) -> list[tuple[str, Any]]:
+    """(field path, value) of every value that the schema marks `"format": "attachment"`,
+    following `properties` and `items` (what record schemas use)."""
+    if not isinstance(schema, dict):
+        return []
+    if schema.get("format") == "attachment":
+        return [(path, value)]
+    found: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for name, sub_schema in schema.get("properties", {}).items():
+            if name in value:
+                found.extend(_attachment_values(sub_schema, value[name], f"{path}.{name}"))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            found.extend(_attachment_values(schema["items"], item, f"{path}.{index}"))
+    return found
+
+
+def _reference_id(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value["id"])) if isinstance(value, dict) else None
+    except (KeyError, ValueError):
+        return None
+
+
+def _replace_attachments(schema: Any, value: Any, server: dict[uuid.UUID, dict[str, Any]]) -> Any:
+    if not isinstance(schema, dict):
+        return value
+    if schema.get("format") == "attachment":
+        ref = _reference_id(value)
+        return server.get(ref, value) if ref is not None else value
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {k: _replace_attachments(properties.get(k), v, server) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_attachments(schema.get("items"), item, server) for item in value]
+    return value
+
+
+def referenced_attachments(record_type: RecordType, data: dict[str, Any]) -> set[uuid.UUID]:
+    refs = (_reference_id(value) for _, value in _attachment_values(record_type.schema, data, "data"))
+    return {ref for ref in refs if ref is not None}
+
+
+def _resolve_attachments(
+    record_type: RecordType, team: Team, data: dict[str, Any], *, current: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Check every attachment reference in `data` and put the server's metadata in place of the
+    client's claim (invariant 5). A reference the record already holds keeps its stored
+    metadata; a new one must exist, be completely uploaded (by a member of the record's team)
+    and not be rejected. The referenced rows stay locked until the record commits, so
+    verification cannot reject a file between this check and the commit."""
+    values = _attachment_values(record_type.schema, data, "data")
+    if not values:
+        return data
+    kept: dict[uuid.UUID, dict[str, Any]] = {}
+    for _, value in _attachment_values(record_type.schema, current or {}, "data"):
+        ref = _reference_id(value)
+        if ref is not None:
+            kept[ref] = value
+    wanted = {ref for _, value in values if (ref := _reference_id(value)) is not None}
+    references = attachments.lock_references(wanted - set(kept))
+    owners = {reference.owner_id for reference in references.values()}
+    members = set(team.members.filter(pk__in=owners).values_list("pk", flat=True))
+    problems: dict[str, list[str]] = {}
+    first_code = ""
+    for path, value in values:
+        ref = _reference_id(value)
+        if ref is None or ref in kept:
+            continue
+        reference = references.get(ref)
+        if reference is None:
+            code = "attachment_not_found"
+        elif reference.state == "uploading":
+            code = "attachment_incomplete"
+        elif reference.state == "rejected":
+            code = "attachment_rejected"
+        elif reference.owner_id not in members:
+            code = "attachment_forbidden"
+        else:
+            continue
+        first_code = first_code or code
+        problems.setdefault(path, []).append(f"{code}: {_ATTACHMENT_REFUSALS[code]}")
+    if problems:
+        message = _ATTACHMENT_REFUSALS[first_code]
+        raise Rejected(first_code, message, fields=problems)
+    server = {**kept, **{ref: reference.metadata for ref, reference in references.items()}}
+    return dict(_replace_attachments(record_type.schema, data, server))
+
+
+def user_in_any_team(user: User, team_ids: set[int]) -> bool:
+    """For attachments' download check (it may not import us; records/apps.py hands it this)."""
+    return Team.objects.filter(pk__in=team_ids, members=user).exists()
 
 
 def _team_for_create(actor: Actor, change: Change) -> Team:
@@ -335,6 +441,7 @@ def _apply(actor: Actor, change: Change) -> Outcome:
         if change.op == "update" and actor.source == "approval":
             data = {**record.data, **change.data}
             _check_schema(record_type, data)
+            data = _resolve_attachments(record_type, record.team, data, current=record.data)
             return _write(actor, change, record, data=data, deleted=False, verb="record.restored", status="applied")
         raise Rejected("record_deleted", "The record has been deleted.", current=record)
 
@@ -361,6 +468,7 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             _check_schema(record_type, {**record.data, **change.data})
             return _pending(change, needs.reason, record_type, record.team, record=record)
     _check_schema(record_type, data)
+    data = _resolve_attachments(record_type, record.team, data, current=record.data)
     if data == record.data:
         # Nothing changes (a repeated edit, or every field lost): journal it, keep the version.
         record_event(
@@ -410,11 +518,12 @@ def _pending(change: Change, reason: str, record_type: RecordType, team: Team, *
 def _create(actor: Actor, change: Change, record_type: RecordType) -> Outcome:
     team = _team_for_create(actor, change)
     _check_schema(record_type, change.data)
+    data = _resolve_attachments(record_type, team, change.data, current=None)
     record = Record(
         id=change.record_id,
         type=record_type,
         team=team,
-        data=change.data,
+        data=data,
         version=1,
         created_by=actor.user,
         created_by_device=actor.device_id,
@@ -436,9 +545,7 @@ def _create(actor: Actor, change: Change, record_type: RecordType) -> Outcome:
             current=existing,
             fields={"record": ["Already exists."]},
         ) from None
-    return _write(
-        actor, change, record, data=change.data, deleted=False, verb="record.created", status="applied", before=None
-    )
+    return _write(actor, change, record, data=data, deleted=False, verb="record.created", status="applied", before=None)
 
 
 def _write(
@@ -454,6 +561,10 @@ def _write(
 ) -> Outcome:
     before_data = record.data if before == "current" else before
     version = 1 if change.op == "create" else record.version + 1
+    if not deleted:
+        attachments.link(
+            attachment_ids=referenced_attachments(record.type, data), record_id=record.pk, team_id=record.team_id
+        )
     RecordVersion.objects.create(
         record=record,
         version=version,
