@@ -33,17 +33,25 @@ class AuditEvent(models.Model):
     seq = models.BigIntegerField(unique=True, editable=False)
     occurred_at = models.DateTimeField(help_text="When it happened: the device's capture time, clock-corrected.")
     recorded_at = models.DateTimeField(db_index=True, help_text="When the server applied it.")
+    # No foreign key constraint and no ON DELETE action: deleting a user must not rewrite (or be
+    # refused by) the journal. The username is kept beside the id, and it is what the hash covers.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
     )
     actor_username = models.CharField(max_length=150, blank=True)
-    device_id = models.UUIDField(null=True, blank=True, db_index=True)
+    device_id = models.UUIDField(null=True, blank=True)
     source = models.CharField(max_length=16, choices=Source.choices)
-    verb = models.CharField(max_length=64, db_index=True)
+    verb = models.CharField(max_length=64)
     object_type = models.CharField(max_length=64)
     object_id = models.CharField(max_length=64)
-    record_type = models.CharField(max_length=64, blank=True, db_index=True)
-    team = models.CharField(max_length=64, blank=True, db_index=True)
+    record_type = models.CharField(max_length=64, blank=True)
+    team = models.CharField(max_length=64, blank=True)
     action_id = models.UUIDField(null=True, blank=True, db_index=True)
     request_id = models.CharField(max_length=64, blank=True)
     changes = models.JSONField(default=dict, blank=True, help_text="{field: [before, after]}")
@@ -54,7 +62,18 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-seq"]
-        indexes = [models.Index(fields=["object_type", "object_id", "seq"], name="audit_object_seq")]
+        # The admin lists newest first (ORDER BY seq DESC LIMIT n). Each filter gets an index that
+        # ends in seq, so a filtered page is an index range read backwards, never a filesort of
+        # every matching row (docs/audit.md, "Indexes").
+        indexes = [
+            models.Index(fields=["object_id", "seq"], name="audit_object_seq"),
+            models.Index(fields=["verb", "seq"], name="audit_verb_seq"),
+            models.Index(fields=["source", "seq"], name="audit_source_seq"),
+            models.Index(fields=["actor", "seq"], name="audit_actor_seq"),
+            models.Index(fields=["device_id", "seq"], name="audit_device_seq"),
+            models.Index(fields=["record_type", "seq"], name="audit_record_type_seq"),
+            models.Index(fields=["team", "seq"], name="audit_team_seq"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.verb} {self.object_type}:{self.object_id}"

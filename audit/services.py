@@ -15,6 +15,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from audit.maintenance import maintenance
 from audit.models import GENESIS_HASH, AuditEvent, ChainHead
 
 
@@ -83,8 +84,10 @@ def record_event(
     Callers should call it as late as possible in their transaction to keep that lock short."""
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction of the change it journals")
-    now = timezone.now()
     head = _locked_head()
+    # Read the clock once the lock is held, so recorded_at follows seq (up to clock skew between
+    # app servers) and a date range of the trail is close to a seq range.
+    now = timezone.now()
     event = AuditEvent(
         seq=head.seq + 1,
         occurred_at=occurred_at or now,
@@ -127,13 +130,61 @@ class BrokenLink:
     reason: str
 
 
+@dataclass(frozen=True)
+class PurgeAnchor:
+    """Where the journal starts after a retention purge: the last purged event's seq and hash,
+    as the `audit.purged` event (itself in the chain) recorded them."""
+
+    seq: int
+    hash: str
+
+
+PURGED_VERB = "audit.purged"
+
+
+def purge_anchor() -> PurgeAnchor | None:
+    event = AuditEvent.objects.filter(verb=PURGED_VERB).order_by("-seq").first()
+    if event is None:
+        return None
+    try:
+        return PurgeAnchor(seq=int(event.changes["through_seq"][1]), hash=str(event.changes["through_hash"][1]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _events_from(seq: int, chunk_size: int) -> Iterator[AuditEvent]:
+    """Every event from `seq` on, in seq order, a chunk at a time by seq range (keyset): unlike
+    `.iterator()`, which the MySQL driver buffers whole, memory stays flat at millions of rows."""
+    while True:
+        chunk = list(AuditEvent.objects.filter(seq__gte=seq).order_by("seq")[:chunk_size])
+        yield from chunk
+        if len(chunk) < chunk_size:
+            return
+        seq = chunk[-1].seq + 1
+
+
 def verify_chain(*, chunk_size: int = 2000) -> Iterator[int | BrokenLink]:
     """Walk the journal in seq order. Yields the seq of each good event; stops at the first
-    broken link with a BrokenLink that says what is wrong with it."""
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    events = AuditEvent.objects.order_by("seq").iterator(chunk_size=chunk_size)
-    for event in events:
+    broken link with a BrokenLink that says what is wrong with it.
+
+    The walk starts at #1 from the genesis hash or, after a retention purge, where the latest
+    `audit.purged` event says the journal now starts."""
+    first = AuditEvent.objects.order_by("seq").first()
+    anchor = purge_anchor()
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    if first is not None and first.seq > 1:
+        if anchor is None or anchor.seq < first.seq - 1:
+            missing = anchor.seq + 1 if anchor is not None else 1
+            yield BrokenLink(
+                missing,
+                f"events #{missing} to #{first.seq - 1} are missing and no audit.purged event accounts for them",
+            )
+            return
+        expected_seq = first.seq
+        # A purge that stopped half-way leaves events up to the anchor: their own prev_hash
+        # starts the walk, and the anchor's hash is checked when the walk passes it.
+        prev_hash = anchor.hash if anchor.seq == first.seq - 1 else first.prev_hash
+    for event in _events_from(expected_seq, chunk_size):
         if event.seq != expected_seq:
             yield BrokenLink(expected_seq, f"event #{expected_seq} is missing (next is #{event.seq})")
             return
@@ -143,9 +194,60 @@ def verify_chain(*, chunk_size: int = 2000) -> Iterator[int | BrokenLink]:
         if event_hash(event) != event.hash:
             yield BrokenLink(event.seq, "its content does not match its hash (the row was altered)")
             return
+        if anchor is not None and event.seq == anchor.seq and event.hash != anchor.hash:
+            yield BrokenLink(event.seq, "its hash is not the one the retention purge recorded for it")
+            return
         prev_hash = event.hash
         expected_seq += 1
         yield event.seq
     head = ChainHead.objects.filter(pk=1).first()
     if head is not None and head.seq != expected_seq - 1:
         yield BrokenLink(expected_seq, f"the chain head says #{head.seq} but the journal ends at #{expected_seq - 1}")
+    elif head is not None and expected_seq > 1 and head.hash != prev_hash:
+        yield BrokenLink(expected_seq - 1, "the chain head's hash is not the last event's hash")
+
+
+def purge_events(*, before: datetime, batch_size: int = 5000) -> int:
+    """Delete the journal's events recorded before `before` (retention), oldest first, and return
+    how many went. The chain stays verifiable: first, in its own short transaction, an
+    `audit.purged` event (source system) records the seq and hash of the last event to go; then
+    the rows go in batches by seq range, each with the maintenance variable set (MariaDB's
+    triggers refuse it otherwise). Stopping half-way is safe: the next run finishes the job.
+
+    Nothing at or after the first event recorded at `before` or later goes, even if an older one
+    follows it (recorded_at follows seq only up to clock skew)."""
+    first_young = AuditEvent.objects.filter(recorded_at__gte=before).order_by("seq").values_list("seq", flat=True)
+    young = first_young.first()
+    through = (
+        (young - 1)
+        if young is not None
+        else (ChainHead.objects.filter(pk=1).values_list("seq", flat=True).first() or 0)
+    )
+    anchor = purge_anchor()
+    if anchor is None or through > anchor.seq:
+        last = AuditEvent.objects.filter(seq=through).first()
+        if last is None:
+            return 0
+        with transaction.atomic():
+            record_event(
+                verb=PURGED_VERB,
+                source="system",
+                object_type="audit",
+                object_id="journal",
+                changes={
+                    "through_seq": [anchor.seq if anchor else 0, through],
+                    "through_hash": [anchor.hash if anchor else GENESIS_HASH, last.hash],
+                    "before": [None, _iso(before)],
+                },
+            )
+    else:
+        through = anchor.seq
+    oldest = AuditEvent.objects.order_by("seq").values_list("seq", flat=True).first()
+    deleted = 0
+    if oldest is None:
+        return 0
+    for start in range(oldest, through + 1, batch_size):
+        end = min(start + batch_size - 1, through)
+        with maintenance(), transaction.atomic():
+            deleted += AuditEvent.objects.filter(seq__gte=start, seq__lte=end)._raw_delete(AuditEvent.objects.db)
+    return deleted

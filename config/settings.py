@@ -337,6 +337,17 @@ SYNC_MAX_PUSH_BYTES = env_int("SYNC_MAX_PUSH_BYTES", 5 * 1024 * 1024, minimum=10
 SYNC_MAX_PULL_LIMIT = 1000
 SYNC_LEDGER_RETENTION_DAYS = env_int("SYNC_LEDGER_RETENTION_DAYS", 90, minimum=90)
 DEVICE_LAST_SEEN_INTERVAL = timedelta(minutes=1)
+
+# Audit trail (docs/audit.md). 0 keeps the journal forever; otherwise `manage.py audit_purge`
+# deletes events older than this many days (at least a year: it is the compliance record).
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 0)
+if 0 < AUDIT_RETENTION_DAYS < 365:
+    raise ImproperlyConfigured(
+        f"AUDIT_RETENTION_DAYS must be 0 (keep forever) or at least 365, got {AUDIT_RETENTION_DAYS}"
+    )
+# The admin dashboard lists devices not seen for this many days.
+DASHBOARD_SILENT_DEVICE_DAYS = env_int("DASHBOARD_SILENT_DEVICE_DAYS", 7, minimum=1)
+
 # Django refuses bodies over this before our view sees them; push enforces its own (smaller)
 # limit with a clear 413, so this only has to be above it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = SYNC_MAX_PUSH_BYTES + 1024 * 1024

@@ -6,12 +6,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit.admin_journal import JournalledAdmin
 from records.models import Record, RecordType, RecordVersion, Team
 from records.services import Actor, Change, apply_change, schema_errors
 
@@ -24,17 +27,28 @@ def pretty_json(value: Any) -> str:
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(JournalledAdmin):
     list_display = ["slug", "name"]
     search_fields = ["slug", "name"]
     filter_horizontal = ["members"]
+    journal_object_type = "team"
+    journal_fields = ["slug", "name", "members"]
+    journal_membership = {"members": "team.members_changed"}
+
+    def journal_context(self, obj: Team) -> dict[str, str]:
+        return {"team": obj.slug}
 
 
 @admin.register(RecordType)
-class RecordTypeAdmin(admin.ModelAdmin):
+class RecordTypeAdmin(JournalledAdmin):
     list_display = ["key", "name", "schema_version", "conflict_policy", "updated_at"]
     search_fields = ["key", "name"]
     readonly_fields = ["updated_at"]
+    journal_object_type = "record_type"
+    journal_fields = ["key", "name", "schema", "schema_version", "conflict_policy", "field_policies"]
+
+    def journal_context(self, obj: RecordType) -> dict[str, str]:
+        return {"record_type": obj.key}
 
 
 class RecordVersionInline(admin.TabularInline):
@@ -184,3 +198,43 @@ class RecordAdmin(admin.ModelAdmin):
             )
         if outcome.error:
             self.message_user(request, f"{record.pk} not deleted: {outcome.error.message}", level=messages.ERROR)
+
+
+# Users and roles (groups) are Django's models; their admin is Django's, journalled.
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class JournalledUserAdmin(JournalledAdmin, UserAdmin):
+    journal_object_type = "user"
+    journal_fields = [
+        "username",
+        "password",
+        "first_name",
+        "last_name",
+        "email",
+        "is_active",
+        "is_staff",
+        "is_superuser",
+        "groups",
+        "user_permissions",
+    ]
+    journal_membership = {"groups": "user.roles_changed"}
+
+    def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> HttpResponse:
+        # Django's password page saves the user itself (no save_model): journal around it, in
+        # one transaction, by comparing the stored password before and after.
+        with transaction.atomic():
+            stored = User.objects.filter(pk=id).first() if id.isdigit() else None
+            before = self._snapshot(stored) if stored is not None else None
+            response = super().user_change_password(request, id, form_url)
+            if stored is not None and before is not None:
+                self._journal(request, stored, before, self._snapshot(User.objects.get(pk=stored.pk)))
+        return response
+
+
+@admin.register(Group)
+class JournalledGroupAdmin(JournalledAdmin, GroupAdmin):
+    journal_object_type = "group"
+    journal_fields = ["name", "permissions"]

@@ -6,12 +6,13 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit.admin_journal import JournalledAdmin
 from sync.models import Device, LedgerEntry
 from sync.services import revoke_device
 
 
 @admin.register(Device)
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(JournalledAdmin):
     list_display = ["name", "user", "platform", "created", "last_seen", "revoked_at"]
     list_filter = ["platform", ("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user"]
@@ -19,6 +20,11 @@ class DeviceAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "user", "name", "platform", "created", "last_seen", "revoked_at"]
     fields = ["id", "user", "name", "platform", "created", "last_seen", "revoked_at"]
     actions = ["revoke"]
+    journal_object_type = "device"
+    journal_fields = ["user", "name", "platform", "revoked_at"]
+
+    def journal_context(self, obj: Device) -> dict[str, Any]:
+        return {"device_id": obj.id}
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # devices register themselves through the API
