@@ -37,8 +37,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def put(client: Any, data: bytes, *, attachment_id: str | None = None, content_type: str = "image/png",
-        filename: str = "photo.png", sha: str | None = None, **extra: Any) -> Any:
+def put(
+    client: Any,
+    data: bytes,
+    *,
+    attachment_id: str | None = None,
+    content_type: str = "image/png",
+    filename: str = "photo.png",
+    sha: str | None = None,
+    **extra: Any,
+) -> Any:
     attachment_id = attachment_id or str(uuid.uuid4())
     headers = {"HTTP_X_SHA256": sha if sha is not None else sha256(data), "HTTP_X_FILENAME": filename, **extra}
     return client.put(f"/api/v1/attachments/{attachment_id}", data=data, content_type=content_type, **headers)

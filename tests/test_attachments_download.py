@@ -19,6 +19,11 @@ def alice(device_for, media):
     return device_for("alice")
 
 
+@pytest.fixture
+def on_commit(django_capture_on_commit_callbacks):
+    return django_capture_on_commit_callbacks
+
+
 def verified_upload(client, capture, data: bytes, **kwargs) -> str:
     attachment_id = str(uuid.uuid4())
     with capture(execute=True):
@@ -30,11 +35,9 @@ def content(client, attachment_id: str):
     return client.get(f"/api/v1/attachments/{attachment_id}/content")
 
 
-def test_the_uploader_downloads_with_the_sniffed_type_and_a_safe_name(alice, django_capture_on_commit_callbacks):
+def test_the_uploader_downloads_with_the_sniffed_type_and_a_safe_name(alice, on_commit):
     data = png()
-    photo = verified_upload(
-        alice, django_capture_on_commit_callbacks, data, filename="../..\\été\x00 <b>.png", content_type="image/png"
-    )
+    photo = verified_upload(alice, on_commit, data, filename="../..\\été\x00 <b>.png", content_type="image/png")
     response = content(alice, photo)
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == data
@@ -46,14 +49,14 @@ def test_the_uploader_downloads_with_the_sniffed_type_and_a_safe_name(alice, dja
     assert response["X-Content-Type-Options"] == "nosniff"
 
 
-def test_before_a_record_takes_it_up_only_the_uploader_may_download(alice, device_for, django_capture_on_commit_callbacks):
-    photo = verified_upload(alice, django_capture_on_commit_callbacks, png())
+def test_before_a_record_takes_it_up_only_the_uploader_may_download(alice, device_for, on_commit):
+    photo = verified_upload(alice, on_commit, png())
     assert content(device_for("bob"), photo).status_code == 404
     assert device_for("bob").get(f"/api/v1/attachments/{photo}").status_code == 404
 
 
-def test_once_linked_the_records_team_downloads_and_outsiders_do_not(alice, device_for, django_capture_on_commit_callbacks):
-    photo = verified_upload(alice, django_capture_on_commit_callbacks, png())
+def test_once_linked_the_records_team_downloads_and_outsiders_do_not(alice, device_for, on_commit):
+    photo = verified_upload(alice, on_commit, png())
     result = alice.push([incident(str(uuid.uuid4()), [{"id": photo}])]).json()["results"][0]
     assert result["status"] == "applied"
     assert content(device_for("bob"), photo).status_code == 200
@@ -62,8 +65,8 @@ def test_once_linked_the_records_team_downloads_and_outsiders_do_not(alice, devi
     assert carol.get(f"/api/v1/attachments/{photo}").status_code == 404
 
 
-def test_an_officer_in_the_admin_session_may_download(alice, client, django_capture_on_commit_callbacks):
-    photo = verified_upload(alice, django_capture_on_commit_callbacks, png())
+def test_an_officer_in_the_admin_session_may_download(alice, client, on_commit):
+    photo = verified_upload(alice, on_commit, png())
     client.force_login(User.objects.get(username="admin"))
     assert content(client, photo).status_code == 200
 
@@ -76,7 +79,8 @@ def test_a_file_not_yet_verified_does_not_download(alice) -> None:
     assert response.json()["error"]["code"] == "attachment_not_ready"
 
 
-def test_a_rejected_file_never_downloads(alice, django_capture_on_commit_callbacks) -> None:
-    fake = verified_upload(alice, django_capture_on_commit_callbacks, b"<?php system($_GET['c']); ?>", filename="x.jpg",
-                           content_type="image/jpeg")
+def test_a_rejected_file_never_downloads(alice, on_commit) -> None:
+    fake = verified_upload(
+        alice, on_commit, b"<?php system($_GET['c']); ?>", filename="x.jpg", content_type="image/jpeg"
+    )
     assert content(alice, fake).status_code == 409
