@@ -328,10 +328,15 @@ def _resolve_update(
 ) -> tuple[dict[str, Any], Status]:
     """New data for an update whose base_version is stale, or raise Rejected / NeedsReview.
 
-    Field by field: a `merge` field that only the device changed takes the device's value; a
-    field changed on both sides falls back to its own policy: `review` waits for an officer,
-    anything else is last-write-wins."""
+    Field by field, with the field's own policy (its override, else the type's):
+    - `review`: any stale edit of the field waits for an officer. Stricter than "changed on both
+      sides" on purpose: for a boolean verdict both sides can never change it differently, so a
+      both-sides rule would never fire on exactly the fields that need it.
+    - in a `merge` type (or a `merge` field), a field the server has not changed since the base
+      takes the device's value, whatever its override: nobody else touched it;
+    - otherwise last write wins (clock-corrected capture time, ties by action id)."""
     record_type = record.type
+    type_merges = record_type.conflict_policy == ConflictPolicy.MERGE
     lww_wins = _lww_wins(change, record)
     data = dict(record.data)
     merged_any = False
@@ -341,11 +346,11 @@ def _resolve_update(
         server_changed = base is None or base.get(name) != record.data.get(name)
         if value == record.data.get(name):
             continue
-        if policy == ConflictPolicy.MERGE and not server_changed:
+        if policy == ConflictPolicy.REVIEW and allow_review:
+            raise NeedsReview("conflict")
+        if (type_merges or policy == ConflictPolicy.MERGE) and not server_changed:
             data[name] = value
             merged_any = True
-        elif policy == ConflictPolicy.REVIEW and allow_review:
-            raise NeedsReview("conflict")
         elif lww_wins:
             data[name] = value
         else:
@@ -445,7 +450,12 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             return _write(actor, change, record, data=data, deleted=False, verb="record.restored", status="applied")
         raise Rejected("record_deleted", "The record has been deleted.", current=record)
 
-    if review_all or (reviewed and stale):
+    # A `review` type's stale edit waits, unless every field it changes has an lww/merge override;
+    # a stale delete has no fields to merge and always waits.
+    needs_officer = change.op == "delete" or any(
+        record_type.policy_for(name) == ConflictPolicy.REVIEW for name in change.data
+    )
+    if review_all or (reviewed and stale and needs_officer):
         if change.op == "update":
             _check_schema(record_type, {**record.data, **change.data})
         return _pending(change, "review_all" if review_all else "conflict", record_type, record.team, record=record)

@@ -384,3 +384,31 @@ def test_every_decision_is_journalled_and_the_chain_verifies(device_for: Any, us
     assert ("record.created", "approval") in verbs
     assert ("review.decided", "approval") in verbs
     call_command("audit_verify")
+
+
+def test_in_a_merge_type_a_field_only_the_device_changed_merges_whatever_its_override(
+    record_of: Any, device_for: Any
+) -> None:
+    set_policy("job_card", "merge", {"description": "lww"})
+    record, alice = record_of("job_card", JOB)
+    push_one(alice, action("update", record, "job_card", {"status": "done"}, base=1, at=T2))
+    # bob's edit is older, but nobody else touched `description`: it must not be lost.
+    result = push_one(
+        device_for("bob"), action("update", record, "job_card", {"description": "New seal"}, base=1, at=T1)
+    )
+    assert result["status"] == "merged"
+    assert result["data"]["description"] == "New seal" and result["data"]["status"] == "done"
+
+
+def test_a_review_type_lets_a_stale_edit_of_only_overridden_fields_through(record_of: Any, device_for: Any) -> None:
+    record, alice = record_of(
+        "incident", {"title": "Slip", "severity": "low", "occurred_at": T0, "description": "Wet floor"}
+    )
+    set_policy("incident", "review", {"description": "merge"})
+    push_one(alice, action("update", record, "incident", {"severity": "high"}, base=1, at=T1))
+    bob = device_for("bob")
+    result = push_one(bob, action("update", record, "incident", {"description": "Wet floor, no sign"}, base=1, at=T2))
+    assert result["status"] == "merged" and result["version"] == 3
+
+    waits = push_one(bob, action("update", record, "incident", {"severity": "low"}, base=2, at=T2))
+    assert waits["status"] == "pending_review"
