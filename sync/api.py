@@ -102,7 +102,7 @@ class PullOut(serializers.Serializer):
 
 # ASCII digits only, and few of them: str.isdigit() accepts "²" (int() then fails) and int()
 # refuses strings of more than 4300 digits; either was a 500.
-_DIGITS = re.compile(r"^[0-9]{1,18}$")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _device(request: Request) -> Device:
@@ -201,7 +201,7 @@ class PushView(APIView):
     def post(self, request: Request) -> Response:
         limit = settings.SYNC_MAX_PUSH_BYTES
         length = request.META.get("CONTENT_LENGTH") or ""
-        if not _DIGITS.match(length):
+        if not _DIGITS.fullmatch(length):
             raise ApiError("length_required", "Send a Content-Length header.", status_code=411)
         if int(length) > limit:
             raise ApiError(
@@ -244,7 +244,7 @@ class PullView(APIView):
     )
     def get(self, request: Request) -> Response:
         raw_limit = request.query_params.get("limit", "500")
-        if not _DIGITS.match(raw_limit) or not 1 <= int(raw_limit) <= settings.SYNC_MAX_PULL_LIMIT:
+        if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= settings.SYNC_MAX_PULL_LIMIT:
             raise ApiError(
                 "invalid_limit",
                 f"limit must be an integer from 1 to {settings.SYNC_MAX_PULL_LIMIT}.",

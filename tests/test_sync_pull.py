@@ -166,7 +166,7 @@ def test_a_cursor_does_not_carry_anothers_team_scope(alice: DeviceClient, carol:
     assert changes == []
 
 
-@pytest.mark.parametrize("limit", ["0", "1001", "abc", "-1", "", "1.5", "²", "9" * 5000, "10 "])
+@pytest.mark.parametrize("limit", ["0", "1001", "abc", "-1", "", "1.5", "²", "9" * 5000, "10 ", "10\n"])
 def test_a_bad_limit_is_400_invalid_limit(alice: DeviceClient, limit: str) -> None:
     response = alice.get(PULL, {"limit": limit})
 
