@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -119,12 +120,22 @@ class RecordAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
         "change_seq",
+        "timeline",
     ]
     inlines = [RecordVersionInline]
 
     @admin.display(description="current data")
     def data_pretty(self, obj: Record) -> str:
         return pretty_json(obj.data)
+
+    @admin.display(description="history")
+    def timeline(self, obj: Record) -> str:
+        # The timeline shows the sync ledger, so it lives in sync (which records never imports).
+        try:
+            url = reverse("admin:sync_record_timeline", args=[obj.pk])
+        except NoReverseMatch:
+            return "-"
+        return format_html('<a href="{}" id="record-timeline-link">Timeline: every action and journal event</a>', url)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Record], search_term: str

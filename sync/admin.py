@@ -5,8 +5,11 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
 from audit.admin_journal import JournalledAdmin
+from sync.admin_views import record_timeline
 from sync.models import Device, LedgerEntry
 from sync.services import revoke_device
 
@@ -41,7 +44,17 @@ class DeviceAdmin(JournalledAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(admin.ModelAdmin):
-    list_display = ["action_id", "device", "op", "type_key", "record_id", "status", "error_code", "received_at"]
+    list_display = [
+        "action_id",
+        "device",
+        "op",
+        "type_key",
+        "record_link",
+        "status",
+        "error_code",
+        "replays",
+        "received_at",
+    ]
     list_filter = ["status", "op", "type_key", "device"]
     list_select_related = ["device"]
     search_fields = ["=action_id", "=record_id"]
@@ -56,3 +69,16 @@ class LedgerEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="record")
+    def record_link(self, entry: LedgerEntry) -> str:
+        url = reverse("admin:sync_record_timeline", args=[entry.record_id])
+        return format_html('<a href="{}" title="The record\'s timeline">{}</a>', url, entry.record_id)
+
+    def get_urls(self) -> list[URLPattern]:
+        timeline = path(
+            "record/<uuid:record_id>/timeline/",
+            self.admin_site.admin_view(record_timeline),
+            name="sync_record_timeline",
+        )
+        return [timeline, *super().get_urls()]

@@ -53,12 +53,18 @@ class LedgerEntry(models.Model):
     captured_at = models.DateTimeField(help_text="Capture time as the device's clock said.")
     clock_offset_ms = models.BigIntegerField(help_text="Server receive time minus the device's sent_at.")
     received_at = models.DateTimeField(db_index=True)
+    # Retries of the same action (same id, same payload) get the stored result; the count is kept
+    # so the record's timeline can show every copy a device sent.
+    replays = models.PositiveIntegerField(default=0)
+    last_replayed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "ledger entry"
         verbose_name_plural = "action ledger"
         ordering = ["-received_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["device", "action_id"], name="ledger_device_action_unique")]
+        # Covers the admin dashboard's actions-by-outcome chart (a range of days, grouped by status).
+        indexes = [models.Index(fields=["received_at", "status"], name="ledger_received_status")]
 
     def __str__(self) -> str:
         return f"{self.action_id} {self.op} {self.status}"

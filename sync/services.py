@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from approvals.services import open_review, review_decision
@@ -244,6 +245,8 @@ def _replay(*, device: Device, action: Action, fingerprint: str) -> dict[str, An
             "idempotency_key_reused",
             "This action id was already used for a different action; nothing was changed.",
         )
+    # Counted on the ledger row, so the record's timeline shows every copy the device sent.
+    LedgerEntry.objects.filter(pk=entry.pk).update(replays=F("replays") + 1, last_replayed_at=timezone.now())
     return {**entry.result, "replayed": True}
 
 
