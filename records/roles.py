@@ -34,6 +34,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "records.change_record",
         "approvals.change_review",
         "approvals.decide_review",
+        # Only the re-verify action: the attachment admin is otherwise read-only.
+        "attachments.change_attachment",
     ],
 }
 
