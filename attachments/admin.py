@@ -43,6 +43,40 @@ _FIELDS: tuple[str, ...] = (
 )
 
 
+def previews(*, record_id: uuid.UUID) -> str:
+    """The files a record references, for its admin page: thumbnail, name, state; a rejected file
+    is flagged with its reason (verification may reject a file after the record took it up)."""
+    items = []
+    for attachment in Attachment.objects.filter(links__record_id=record_id).order_by("created_at"):
+        change = reverse("admin:attachments_attachment_change", args=[attachment.pk])
+        thumb = (
+            format_html(
+                '<img src="{}" alt="" style="max-width:120px;max-height:120px;display:block">',
+                reverse("admin:attachments_attachment_thumbnail", args=[attachment.pk]),
+            )
+            if attachment.thumbnail_key
+            else ""
+        )
+        if attachment.state == State.REJECTED:
+            status = format_html(
+                '<strong class="errornote" style="color:#ba2121">REJECTED: {}</strong>', attachment.reject_reason
+            )
+        else:
+            status = format_html("{}", attachment.state)
+        items.append(
+            format_html(
+                '<div style="display:inline-block;margin:0 12px 12px 0;vertical-align:top">'
+                '{}<a href="{}">{}</a><br>{} · {}</div>',
+                thumb,
+                change,
+                attachment.filename,
+                attachment.content_type,
+                status,
+            )
+        )
+    return format_html_join("", "{}", ((item,) for item in items)) or "—"
+
+
 @admin.register(Attachment)
 class AttachmentAdmin(admin.ModelAdmin):
     list_display = ["filename", "state", "kind", "size_display", "owner", "record_count", "created_at"]

@@ -15,6 +15,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from attachments import admin as attachments_admin
 from audit.admin_journal import JournalledAdmin
 from records.models import Record, RecordType, RecordVersion, Team
 from records.services import Actor, Change, apply_change, schema_errors
@@ -114,6 +115,7 @@ class RecordAdmin(admin.ModelAdmin):
         "version",
         "deleted",
         "data_pretty",
+        "attachment_previews",
         "created_by",
         "updated_by",
         "captured_at",
@@ -127,6 +129,10 @@ class RecordAdmin(admin.ModelAdmin):
     @admin.display(description="current data")
     def data_pretty(self, obj: Record) -> str:
         return pretty_json(obj.data)
+
+    @admin.display(description="attachments")
+    def attachment_previews(self, obj: Record) -> str:
+        return attachments_admin.previews(record_id=obj.pk)
 
     @admin.display(description="history")
     def timeline(self, obj: Record) -> str:

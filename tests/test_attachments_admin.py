@@ -75,3 +75,21 @@ def test_a_manager_may_not_re_verify(client, photo) -> None:
     login(client, "mark")
     client.post(LIST, {"action": "reverify", "_selected_action": [str(photo.pk)]})
     assert not AuditEvent.objects.filter(verb="attachment.reverify_requested").exists()
+
+
+def test_the_record_page_previews_its_attachments_and_flags_a_rejected_one(
+    client, photo, django_capture_on_commit_callbacks
+) -> None:
+    from attachments.models import AttachmentLink
+
+    record_id = AttachmentLink.objects.get(attachment=photo).record_id
+    login(client, "olivia")
+    page = client.get(f"/admin/records/record/{record_id}/change/").content.decode()
+    assert f"{LIST}{photo.pk}/thumbnail/" in page and "dent.png" in page
+    assert "REJECTED" not in page
+    # Verification changes its mind after the record took the file up: the record page says so.
+    Attachment.objects.filter(pk=photo.pk).update(declared_type="application/pdf")
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(LIST, {"action": "reverify", "_selected_action": [str(photo.pk)]})
+    page = client.get(f"/admin/records/record/{record_id}/change/").content.decode()
+    assert "REJECTED: type_mismatch" in page
