@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -177,7 +178,27 @@ def corrected_capture_time(captured_at: datetime, *, offset: timedelta, received
         return received_at if offset > timedelta(0) else datetime.min.replace(tzinfo=UTC)
 
 
-def push_one(
+# MariaDB error codes worth retrying an action for: the whole transaction was rolled back and
+# nothing of it remains, so applying it again is safe (the ledger insert decides again).
+_RETRYABLE_MYSQL_ERRORS = {1213, 1205}  # deadlock, lock wait timeout
+_ATTEMPTS = 4
+
+
+def push_one(**kwargs: Any) -> dict[str, Any]:
+    """One action in its own transaction, retried when MariaDB picked it as a deadlock victim
+    (concurrent inserts of one unique key can deadlock when the first inserter rolls back)."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return _push_once(**kwargs)
+        except OperationalError as exc:
+            code = exc.args[0] if exc.args else None
+            if code not in _RETRYABLE_MYSQL_ERRORS or attempt == _ATTEMPTS:
+                raise
+            time.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _push_once(
     *,
     device: Device,
     actor: Actor,
