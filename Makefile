@@ -10,10 +10,12 @@ REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: run test lint typecheck test-sqlite test-mariadb test-browser serve bench clean
 
-$(VENV)/.installed: requirements.txt scripts/system-deps.sh
+$(VENV)/.installed: requirements.txt scripts/system-deps.sh tests/js/package-lock.json
 	bash scripts/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# tus-js-client, for the attachment tests (tests/test_attachments_tus_js.py).
+	npm ci --prefix tests/js --no-audit --no-fund --silent
 	touch $@
 
 venv: $(VENV)/.installed
