@@ -130,6 +130,9 @@ class RegisterView(APIView):
     def post(self, request: Request) -> Response:
         body = validated(RegisterIn, request.data)
         user = get_user_model().objects.filter(username=body["username"]).first()
+        if user is None:
+            # Hash anyway, so the response time does not tell which usernames exist.
+            get_user_model()().set_password(body["password"])
         if user is None or not user.check_password(body["password"]):
             raise ApiError("invalid_credentials", "Wrong username or password.", status_code=401)
         if not user.is_active:

@@ -21,6 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from approvals.services import open_review, review_decision
+from audit.models import AuditEvent
 from audit.services import canonical_json, record_event
 from records.models import Record, Team
 from records.services import Actor, Change, ChangeError, Op, apply_change
@@ -295,10 +296,15 @@ def action_result(*, device: Device, action_id: uuid.UUID) -> dict[str, Any] | N
     return result
 
 
-def purge_expired_ledger_entries(*, now: datetime | None = None) -> int:
+def purge_expired_ledger_entries(*, now: datetime | None = None, batch_size: int = 5000) -> int:
     cutoff = (now or timezone.now()) - timedelta(days=settings.SYNC_LEDGER_RETENTION_DAYS)
-    deleted, _ = LedgerEntry.objects.filter(received_at__lt=cutoff).delete()
-    return deleted
+    # In batches: one DELETE of months of rows would hold its locks for as long as it runs.
+    deleted = 0
+    while True:
+        batch = list(LedgerEntry.objects.filter(received_at__lt=cutoff).values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return deleted
+        deleted += LedgerEntry.objects.filter(pk__in=batch).delete()[0]
 
 
 # --- pull -------------------------------------------------------------------------------------
@@ -312,14 +318,26 @@ def _teams_key(team_ids: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, sorted(team_ids))).encode()).hexdigest()[:16]
 
 
+def _anchor(seq: int) -> str:
+    """A fingerprint of the journal at `seq`: the start of that event's hash."""
+    if seq == 0:
+        return ""
+    found = AuditEvent.objects.filter(seq=seq).values_list("hash", flat=True).first()
+    return found[:16] if found else "-"
+
+
 def encode_cursor(seq: int, team_ids: list[int]) -> str:
-    raw = json.dumps({"v": 1, "s": seq, "t": _teams_key(team_ids)}, separators=(",", ":")).encode()
+    payload = {"v": 1, "s": seq, "t": _teams_key(team_ids), "h": _anchor(seq)}
+    raw = json.dumps(payload, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str, team_ids: list[int]) -> int:
-    """The feed position a cursor stands for. A cursor made for another set of teams restarts
-    from the beginning, so a user who joins a team receives that team's older records too."""
+    """The feed position a cursor stands for. It restarts from the beginning when
+    - it was made for another set of teams, so a user who joins a team gets its older records;
+    - the journal no longer has the event the cursor points at (the database was restored from a
+      backup taken before it): numbers handed out after the restore would otherwise look already
+      seen, and the device would silently skip them."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
@@ -329,7 +347,12 @@ def decode_cursor(cursor: str, team_ids: list[int]) -> int:
         raise InvalidCursor(cursor) from None
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or payload.get("v") != 1:
         raise InvalidCursor(cursor)
-    return seq if teams == _teams_key(team_ids) else 0
+    if teams != _teams_key(team_ids):
+        return 0
+    anchor = payload.get("h")
+    if not isinstance(anchor, str) or anchor != _anchor(seq):
+        return 0
+    return seq
 
 
 def pull(*, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
