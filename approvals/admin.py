@@ -14,7 +14,9 @@ from django.utils import timezone
 
 from approvals.models import Review, ReviewState
 from approvals.services import Choice, Decision, DecisionError, can_decide, decide_review, live_classification
+from attachments import admin as attachments_admin
 from records.models import Record
+from records.services import referenced_attachments
 
 
 class AgeFilter(admin.SimpleListFilter):
@@ -153,6 +155,9 @@ class ReviewAdmin(admin.ModelAdmin):
             "decidable": decidable,
             "own_edit": review.submitted_by_id == request.user.pk,
             "seen_version": record.version if record is not None else "",
+            "attachments": attachments_admin.previews_of(
+                referenced_attachments(review.record_type, {**current, **review.proposed_data})
+            ),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/approvals/review/decide.html", context)

@@ -46,8 +46,17 @@ _FIELDS: tuple[str, ...] = (
 def previews(*, record_id: uuid.UUID) -> str:
     """The files a record references, for its admin page: thumbnail, name, state; a rejected file
     is flagged with its reason (verification may reject a file after the record took it up)."""
+    return _render(Attachment.objects.filter(links__record_id=record_id).order_by("created_at"))
+
+
+def previews_of(attachment_ids: set[uuid.UUID]) -> str:
+    """The same, for ids a review proposes (not linked to the record yet)."""
+    return _render(Attachment.objects.filter(pk__in=attachment_ids).order_by("created_at"))
+
+
+def _render(attachments: QuerySet[Attachment]) -> str:
     items = []
-    for attachment in Attachment.objects.filter(links__record_id=record_id).order_by("created_at"):
+    for attachment in attachments:
         change = reverse("admin:attachments_attachment_change", args=[attachment.pk])
         thumb = (
             format_html(

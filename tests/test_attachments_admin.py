@@ -93,3 +93,23 @@ def test_the_record_page_previews_its_attachments_and_flags_a_rejected_one(
         client.post(LIST, {"action": "reverify", "_selected_action": [str(photo.pk)]})
     page = client.get(f"/admin/records/record/{record_id}/change/").content.decode()
     assert "REJECTED: type_mismatch" in page
+
+
+def test_the_review_page_previews_the_attachments_the_device_proposes(
+    client, device_for, media, django_capture_on_commit_callbacks
+) -> None:
+    from approvals.models import Review
+    from tests.reviewing import INSPECTION, create, update
+
+    alice, bob = device_for("alice"), device_for("bob")
+    record = create(alice, "inspection", INSPECTION)
+    update(alice, record, 1, {"odometer_km": 1200})
+    signature = str(uuid.uuid4())
+    with django_capture_on_commit_callbacks(execute=True):
+        assert put(bob, png(200, 80), attachment_id=signature, filename="signature.png").status_code == 201
+    result = update(bob, record, 1, {"passed": False, "signature": {"id": signature}})
+    assert result["status"] == "pending_review", result
+    review = Review.objects.get(pk=result["review"])
+    page = login(client, "olivia").get(f"/admin/approvals/review/{review.pk}/change/").content.decode()
+    assert 'id="review-attachments"' in page
+    assert "signature.png" in page and f"{LIST}{signature}/thumbnail/" in page
