@@ -303,7 +303,7 @@ class TusCreateView(TusView):
                 attachment_id = uuid.UUID(meta["id"])
             except ValueError:
                 return _tus_error("invalid_metadata", "Upload-Metadata id must be a UUID.", 400)
-        body_length = int(request.META.get("CONTENT_LENGTH") or 0)
+        body_length = _content_length(request) if request.META.get("CONTENT_LENGTH") else 0
         if body_length and request.content_type != TUS_CONTENT_TYPE:
             return _tus_error("unsupported_media_type", f"An upload body must be {TUS_CONTENT_TYPE}.", 415)
         checksum = _parse_checksum(request.headers.get("Upload-Checksum", ""))

@@ -220,3 +220,43 @@ def test_a_patch_while_another_holds_the_upload_gets_423(alice, upload) -> None:
         patch_token=uuid.uuid4(), patch_until=timezone.now() + timedelta(seconds=30)
     )
     assert patch(alice, url, data, 0).status_code == 423
+
+
+def test_a_garbled_content_length_on_creation_is_a_4xx_not_a_500(alice) -> None:
+    response = alice.generic(
+        "POST",
+        "/api/v1/uploads/",
+        b"",
+        content_type=OCTETS,
+        CONTENT_LENGTH="ten",
+        HTTP_UPLOAD_LENGTH="10",
+        HTTP_UPLOAD_METADATA="",
+        **TUS,
+    )
+    assert response.status_code == 411
+    assert response["Tus-Resumable"] == "1.0.0"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"HTTP_UPLOAD_LENGTH": "-1"},
+        {"HTTP_UPLOAD_LENGTH": "abc"},
+        {},
+        {"HTTP_UPLOAD_LENGTH": "10", "HTTP_UPLOAD_METADATA": "id not-base64!"},
+        {"HTTP_UPLOAD_LENGTH": "10", "HTTP_UPLOAD_METADATA": f"id {base64.b64encode(b'not-a-uuid').decode()}"},
+        {"HTTP_UPLOAD_DEFER_LENGTH": "1"},
+    ],
+    ids=["negative", "text", "missing", "bad-base64", "bad-uuid", "deferred"],
+)
+def test_bad_creation_headers_get_400(alice, headers) -> None:
+    response = alice.post("/api/v1/uploads/", **{**TUS, **headers})
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"]
+    assert not Attachment.objects.exists()
+
+
+def test_a_patch_without_upload_offset_gets_400(alice, upload) -> None:
+    url, data, _ = upload
+    response = alice.generic("PATCH", url, data, content_type=OCTETS, **TUS)
+    assert response.status_code == 400
