@@ -266,3 +266,41 @@ def test_the_sweeper_deletes_files_never_linked_after_the_grace_period(
     assert (media / linked.storage_key).exists()
     event = AuditEvent.objects.get(verb="attachment.deleted")
     assert event.object_id == str(orphan.pk) and event.source == "system"
+
+
+def test_beat_runs_the_sweeper_every_few_minutes(settings) -> None:
+    from config.celery import app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["sweep-attachments"]
+    assert entry["task"] == "attachments.tasks.sweep_attachments"
+    assert entry["schedule"] <= timedelta(minutes=10)
+    app.loader.import_default_modules()
+    assert {"attachments.tasks.sweep_attachments", "attachments.tasks.verify_attachment"} <= set(app.tasks)
+
+
+def test_only_storage_failures_are_retried_with_backoff(alice, monkeypatch) -> None:
+    from attachments import files
+    from attachments.services import StorageUnavailable
+    from attachments.tasks import verify_attachment as task
+
+    assert task.acks_late is True
+    assert tuple(task.autoretry_for) == (StorageUnavailable,)
+    assert task.retry_backoff and task.max_retries
+    attachment = uploaded(alice, png(), "image/png")
+
+    def down(key):
+        raise OSError("storage is down")
+
+    monkeypatch.setattr(files, "iter_stored", down)
+    with pytest.raises(StorageUnavailable):
+        verify_attachment(attachment_id=attachment.pk, claim="t1")
+    attachment.refresh_from_db()
+    assert (attachment.state, attachment.verify_until, attachment.verify_error) == (
+        "uploaded",
+        None,
+        "OSError('storage is down')",
+    )
+    monkeypatch.undo()
+    # A bad file is an outcome: the task returns it, nothing is raised, nothing retried.
+    fake = uploaded(alice, b"<html></html>", "image/png")
+    assert task.apply(args=[str(fake.pk)]).get() == "rejected"
