@@ -18,9 +18,10 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Page, Paginator
-from django.db.models import Q, QuerySet
+from django.core.paginator import InvalidPage, Page, Paginator
+from django.db.models import Max, Min, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils import timezone
@@ -58,6 +59,27 @@ class NoCountPaginator(Paginator):
         if number == self.page_number:
             return Page(self._rows[: self.per_page], number, self)
         return super().page(number)
+
+
+class AuditChangeList(ChangeList):
+    """Takes the page from the paginator's one query. Django's own `get_results` re-runs the
+    whole filtered queryset when everything fits on one page (it cannot know that without a
+    count), and offers "show all"."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        paginator = self.model_admin.get_paginator(request, self.queryset, self.list_per_page)
+        try:
+            page = paginator.page(self.page_num)
+        except InvalidPage:
+            raise IncorrectLookupParameters from None
+        self.paginator = paginator
+        self.result_count = paginator.count
+        self.full_result_count = None
+        self.show_full_result_count = False
+        self.show_admin_actions = False
+        self.result_list = page.object_list
+        self.can_show_all = False
+        self.multi_page = self.page_num > 1 or getattr(paginator, "has_more", False)
 
 
 def _page_number(request: HttpRequest) -> int:
@@ -194,15 +216,25 @@ def export_rows(queryset: QuerySet[AuditEvent]) -> Iterator[str]:
     the whole result before the first row, and OFFSET would rescan everything before each chunk."""
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
-    queryset = queryset.order_by("-seq")
-    below: int | None = None
+    # The bounds keep every chunk's read inside the filtered view, from its first chunk (no walk
+    # down from the newest event) to its last (no walk past the oldest match to seq 1). Each
+    # filter's (x, seq) index answers them from its ends; a date range from (recorded_at, seq).
+    bounds = queryset.order_by().aggregate(low=Min("seq"), high=Max("seq"))
+    if bounds["high"] is None:
+        return
+    queryset = queryset.filter(seq__gte=bounds["low"]).order_by("-seq")
+    below = bounds["high"] + 1
     while True:
-        chunk = list(queryset.filter(seq__lt=below)[:EXPORT_CHUNK] if below is not None else queryset[:EXPORT_CHUNK])
-        for event in chunk:
-            yield writer.writerow(csv_row(event))
-        if len(chunk) < EXPORT_CHUNK:
+        # The chunk's seqs first, then its rows: asked for whole rows, MariaDB reads a filter's
+        # (x, seq) index by x alone and skips every row above `below` again on each chunk; asked
+        # for seqs only, it reads the (x, seq) range and stops.
+        seqs = list(queryset.filter(seq__lt=below).values_list("seq", flat=True)[:EXPORT_CHUNK])
+        if seqs:
+            for event in AuditEvent.objects.filter(seq__in=seqs).order_by("-seq"):
+                yield writer.writerow(csv_row(event))
+        if len(seqs) < EXPORT_CHUNK:
             return
-        below = chunk[-1].seq
+        below = seqs[-1]
 
 
 DETAIL_FIELDS: list[str] = [
@@ -274,6 +306,17 @@ class AuditEventAdmin(admin.ModelAdmin):
         allow_empty_first_page: bool = True,
     ) -> Paginator:
         return NoCountPaginator(queryset, per_page, page_number=_page_number(request), orphans=orphans)
+
+    def get_ordering(self, request: HttpRequest) -> list[str]:
+        # Within a day, month or year, newest first by recorded_at: the (recorded_at, seq) index
+        # then reads the range backwards and stops after a page. Ordered by seq instead, MariaDB
+        # either sorts the whole range or walks back from the newest event until it reaches it.
+        if any(key.startswith("recorded_at__") for key in request.GET):
+            return ["-recorded_at", "-seq"]
+        return ["-seq"]
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return AuditChangeList
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[AuditEvent], search_term: str

@@ -32,7 +32,7 @@ class AuditEvent(models.Model):
 
     seq = models.BigIntegerField(unique=True, editable=False)
     occurred_at = models.DateTimeField(help_text="When it happened: the device's capture time, clock-corrected.")
-    recorded_at = models.DateTimeField(db_index=True, help_text="When the server applied it.")
+    recorded_at = models.DateTimeField(help_text="When the server applied it.")
     # No foreign key constraint and no ON DELETE action: deleting a user must not rewrite (or be
     # refused by) the journal. The username is kept beside the id, and it is what the hash covers.
     actor = models.ForeignKey(
@@ -66,6 +66,8 @@ class AuditEvent(models.Model):
         # ends in seq, so a filtered page is an index range read backwards, never a filesort of
         # every matching row (docs/audit.md, "Indexes").
         indexes = [
+            # A day/month/year of the date hierarchy: a range read in (recorded_at, seq) order.
+            models.Index(fields=["recorded_at", "seq"], name="audit_recorded_seq"),
             models.Index(fields=["object_id", "seq"], name="audit_object_seq"),
             models.Index(fields=["verb", "seq"], name="audit_verb_seq"),
             models.Index(fields=["source", "seq"], name="audit_source_seq"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -91,6 +92,15 @@ def test_no_page_of_the_trail_counts_rows(mark) -> None:
             q["sql"] for q in queries.captured_queries if "DISTINCT" in q["sql"].upper() and "recorded_at" in q["sql"]
         ]
         assert distinct == [], "the date hierarchy must not scan for distinct dates"
+
+
+def test_a_page_is_one_query_even_when_everything_fits_on_it(mark) -> None:
+    journal(3)
+    for params in ({}, {"q": "#2"}, {"team": "north"}):
+        with CaptureQueriesContext(connection) as queries:
+            assert mark.get(TRAIL, params).status_code == 200
+        pages = [q for q in queries.captured_queries if re.search(r"ORDER BY .audit_auditevent.\..seq. DESC", q["sql"])]
+        assert len(pages) == 1, params
 
 
 def test_pages_go_on_while_there_are_older_events(mark) -> None:
