@@ -3,8 +3,8 @@ MariaDB, every query the changelist, its filters, its search, its date hierarchy
 the timeline run reads an index range and stops after the page (MariaDB's ANALYZE reports the rows
 it actually read), and the number of queries per page does not depend on the journal's size.
 
-A million rows would prove the same plans slower; `scripts/bench_audit_admin.py` is the benchmark
-that loads them (see docs/audit.md)."""
+A million rows would prove the same plans, only slower to load; timing them at that size is the
+benchmark's job (docs/audit.md, "Scale", has what to measure)."""
 
 from __future__ import annotations
 
