@@ -10,10 +10,12 @@ REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: run test lint typecheck test-sqlite test-mariadb test-browser serve bench clean
 
-$(VENV)/.installed: requirements.txt scripts/system-deps.sh tests/js/package-lock.json
+$(VENV)/.installed: requirements.txt scripts/system-deps.sh tests/js/package-lock.json client/pyproject.toml
 	bash scripts/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# The reference device client (client/, docs/client.md), editable: the end-to-end suite runs its CLI.
+	$(PY) -m pip install --quiet --disable-pip-version-check -e client
 	# tus-js-client, for the attachment tests (tests/test_attachments_tus_js.py).
 	npm ci --prefix tests/js --no-audit --no-fund --silent
 	touch $@
