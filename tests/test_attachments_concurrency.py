@@ -116,9 +116,9 @@ def two_app_servers(media: Path, tmp_path: Path) -> Iterator[list[str]]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(f"{urls[-1]}/healthz", timeout=1)
+                requests.get(f"{urls[-1]}/healthz", timeout=5)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or accepted but not answering yet
                 assert servers[-1].poll() is None and time.monotonic() < deadline, "gunicorn did not start"
                 time.sleep(0.1)
     try:

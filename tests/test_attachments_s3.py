@@ -58,9 +58,9 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(f"{endpoint}/moto-api/", timeout=1)
+                requests.get(f"{endpoint}/moto-api/", timeout=5)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or accepted but not answering yet
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"moto_server did not start (see {log.name})")
                 time.sleep(0.1)
