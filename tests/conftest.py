@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs MariaDB (runs in the second half of `make test`)")
     for item in items:
-        if "mariadb" in item.keywords or "celery_worker" in item.keywords:
+        if "mariadb" in item.keywords or "celery_worker" in item.keywords or "e2e" in item.keywords:
             item.add_marker(skip)
 
 
