@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import re
 import uuid
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -27,6 +28,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from attachments import files, services
+from attachments.inspection import ALLOWED_TYPES
 from attachments.models import Attachment, State
 from attachments.services import AttachmentError, Checksum
 from config.api import ErrorSerializer
@@ -38,6 +40,18 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration"
 TUS_CHECKSUMS = {"sha1": 20, "sha256": 32}
 TUS_CONTENT_TYPE = "application/offset+octet-stream"
+
+# Every tus request but OPTIONS carries Tus-Resumable (without it: 412).
+TUS_RESUMABLE = OpenApiParameter(
+    "Tus-Resumable", str, OpenApiParameter.HEADER, required=True, enum=[TUS_VERSION], description="tus version."
+)
+_SHA256_HEX = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+_UPLOAD_CHECKSUM = OpenApiParameter(
+    "Upload-Checksum",
+    {"type": "string", "pattern": "^(sha1|sha256) [A-Za-z0-9+/]+={0,2}$"},
+    OpenApiParameter.HEADER,
+    description="`sha1|sha256 <base64 digest>` of this request's body.",
+)
 
 
 class AttachmentOut(serializers.Serializer):
@@ -54,13 +68,23 @@ def _api_error(exc: AttachmentError) -> ApiError:
     return ApiError(exc.code, exc.message, status_code=exc.status, fields=exc.fields)
 
 
+# Long enough for any size worth refusing with 413 rather than 400.
+_DIGITS = re.compile(r"[0-9]{1,40}")
+
+
+def _header_int(raw: str) -> int | None:
+    """A non-negative integer in ASCII digits, or None. int() alone also takes "1_000", an Arabic-Indic five and
+    "+5", none of which is a number in an HTTP header."""
+    raw = raw.strip()
+    return int(raw) if _DIGITS.fullmatch(raw) else None
+
+
 def _content_length(request: Request) -> int:
     raw = request.META.get("CONTENT_LENGTH", "")
-    try:
-        length = int(raw)
-    except ValueError:
-        length = -1
-    if length < 0:
+    if not raw and "Transfer-Encoding" not in request.headers:
+        return 0  # no Content-Length and no Transfer-Encoding: a request without a body
+    length = _header_int(raw)
+    if length is None:
         # Under WSGI a chunked body without Content-Length reads as empty (Django #35838).
         raise ApiError("length_required", "Send the body with a Content-Length header.", status_code=411)
     return length
@@ -87,9 +111,10 @@ class AttachmentView(APIView):
     @extend_schema(
         operation_id="attachment_put",
         summary="Upload a small file in one request (idempotent per id and sha256).",
-        request={"application/octet-stream": OpenApiTypes.BINARY},
+        # The file's own type: application/octet-stream says nothing and is refused (415).
+        request={content_type: OpenApiTypes.BINARY for content_type in sorted(ALLOWED_TYPES)},
         parameters=[
-            OpenApiParameter("X-Sha256", str, OpenApiParameter.HEADER, required=True, description="hex sha256"),
+            OpenApiParameter("X-Sha256", _SHA256_HEX, OpenApiParameter.HEADER, required=True, description="hex sha256"),
             OpenApiParameter("X-Filename", str, OpenApiParameter.HEADER, description="percent-encoded UTF-8"),
         ],
         responses={
@@ -285,16 +310,33 @@ class TusCreateView(TusView):
     @extend_schema(
         operation_id="tus_create",
         summary="tus creation (and creation-with-upload). Upload-Metadata: id, filename, content_type, sha256.",
-        request=None,
+        parameters=[
+            TUS_RESUMABLE,
+            OpenApiParameter(
+                "Upload-Length",
+                {"type": "integer", "minimum": 0},
+                OpenApiParameter.HEADER,
+                required=True,
+                description="The file's size in bytes.",
+            ),
+            OpenApiParameter(
+                "Upload-Metadata",
+                str,
+                OpenApiParameter.HEADER,
+                description="`key base64,key base64`: id (uuid), filename, content_type, sha256 (hex).",
+            ),
+            _UPLOAD_CHECKSUM,
+        ],
+        request={TUS_CONTENT_TYPE: OpenApiTypes.BINARY},
         responses={201: None, **{code: ErrorSerializer for code in (400, 401, 409, 412, 413, 415, 460)}},
     )
     def post(self, request: Request) -> HttpResponse:
         owner, device_id = _owner(request)
         if "Upload-Defer-Length" in request.headers:
             return _tus_error("defer_length_unsupported", "Send Upload-Length; deferred length is not supported.", 400)
-        try:
-            length = int(request.headers.get("Upload-Length", ""))
-        except ValueError:
+        raw_length = request.headers.get("Upload-Length", "")
+        length = _header_int(raw_length) if not raw_length.strip().startswith("-") else -1
+        if length is None:
             return _tus_error("upload_length_required", "Send Upload-Length (bytes).", 400)
         meta = _parse_metadata(request.headers.get("Upload-Metadata", ""))
         attachment_id: uuid.UUID | None = None
@@ -334,7 +376,13 @@ class TusCreateView(TusView):
 
 
 class TusUploadView(TusView):
-    @extend_schema(operation_id="tus_head", summary="tus: the upload's offset.", request=None, responses={200: None})
+    @extend_schema(
+        operation_id="tus_head",
+        summary="tus: the upload's offset.",
+        parameters=[TUS_RESUMABLE],
+        request=None,
+        responses={200: None, 404: None, 410: None, 412: None},
+    )
     def head(self, request: Request, attachment_id: uuid.UUID) -> HttpResponse:
         owner, _ = _owner(request)
         try:
@@ -349,16 +397,29 @@ class TusUploadView(TusView):
     @extend_schema(
         operation_id="tus_patch",
         summary="tus: append a chunk at Upload-Offset (Upload-Checksum: sha1|sha256 <base64>).",
+        parameters=[
+            TUS_RESUMABLE,
+            OpenApiParameter(
+                "Upload-Offset",
+                {"type": "integer", "minimum": 0},
+                OpenApiParameter.HEADER,
+                required=True,
+                description="Where this chunk starts.",
+            ),
+            _UPLOAD_CHECKSUM,
+        ],
         request={TUS_CONTENT_TYPE: OpenApiTypes.BINARY},
-        responses={204: None, **{code: ErrorSerializer for code in (400, 404, 409, 410, 411, 412, 413, 415, 423, 460)}},
+        responses={
+            204: None,
+            **{code: ErrorSerializer for code in (400, 404, 409, 410, 411, 412, 413, 415, 422, 423, 460)},
+        },
     )
     def patch(self, request: Request, attachment_id: uuid.UUID) -> HttpResponse:
         owner, _ = _owner(request)
         if request.content_type != TUS_CONTENT_TYPE:
             return _tus_error("unsupported_media_type", f"PATCH bodies must be {TUS_CONTENT_TYPE}.", 415)
-        try:
-            offset = int(request.headers.get("Upload-Offset", ""))
-        except ValueError:
+        offset = _header_int(request.headers.get("Upload-Offset", ""))
+        if offset is None:
             return _tus_error("upload_offset_required", "Send Upload-Offset (bytes).", 400)
         length = _content_length(request)
         checksum = _parse_checksum(request.headers.get("Upload-Checksum", ""))
@@ -381,7 +442,13 @@ class TusUploadView(TusView):
             response = HttpResponse(status=204)
         return _progress_headers(response, attachment)
 
-    @extend_schema(operation_id="tus_delete", summary="tus termination.", request=None, responses={204: None})
+    @extend_schema(
+        operation_id="tus_delete",
+        summary="tus termination.",
+        parameters=[TUS_RESUMABLE],
+        request=None,
+        responses={204: None, **{code: ErrorSerializer for code in (404, 409, 412, 423)}},
+    )
     def delete(self, request: Request, attachment_id: uuid.UUID) -> HttpResponse:
         owner, _ = _owner(request)
         try:

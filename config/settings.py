@@ -8,6 +8,7 @@ names the variable, so a typo in production never silently picks a default.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -322,14 +323,41 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_THROTTLE_CLASSES": ["config.throttling.DeviceRateThrottle"],
+    # Proxies in front of the app servers whose X-Forwarded-For is trusted for the client address
+    # (login throttling). 0: REMOTE_ADDR, which a client cannot forge.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Fieldsync device API",
     "DESCRIPTION": "Sync API for offline-first field devices. See docs/sync-protocol.md.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs are public and read no credentials: a stale token does not lock a
+    # developer out of the documentation.
+    "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.openapi.document_common_errors",
+    ],
 }
+
+# Rate limits and input limits (docs/security.md). Counters live in the cache: Redis when
+# REDIS_URL is set, so every app server counts together.
+API_DEVICE_RATE = env_str("API_DEVICE_RATE", "6000/min").strip()
+if API_DEVICE_RATE and not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", API_DEVICE_RATE):
+    raise ImproperlyConfigured(
+        f"API_DEVICE_RATE must be a rate like 600/min (or empty: no limit), got {API_DEVICE_RATE!r}"
+    )
+LOGIN_FAILURES_PER_USERNAME = env_int("LOGIN_FAILURES_PER_USERNAME", 5, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = env_int("LOGIN_FAILURES_PER_ADDRESS", 50, minimum=1)
+LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", 15 * 60, minimum=1)
+THROTTLE_KEY_PREFIX = "throttle"
+# Any string inside a record's data, and any key of an object in it (record schemas may set
+# tighter maxLength per field).
+SYNC_MAX_STRING_CHARS = env_int("SYNC_MAX_STRING_CHARS", 10_000, minimum=1)
+SYNC_MAX_KEY_CHARS = env_int("SYNC_MAX_KEY_CHARS", 128, minimum=1)
 
 # Sync limits (docs/sync-protocol.md).
 SYNC_MAX_ACTIONS_PER_PUSH = env_int("SYNC_MAX_ACTIONS_PER_PUSH", 500, minimum=1)
@@ -362,9 +390,23 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
 
+# --- HTTPS and cookies (docs/security.md) -----------------------------------------------------
+
+# Staff sessions end after a working day, not Django's two weeks.
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 3600, minimum=60)
 if not DEBUG:
+    # TLS ends at the proxy in front of gunicorn; it must set X-Forwarded-Proto (overwriting
+    # whatever a client sent), or a request over plain HTTP would pass for HTTPS.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    # Off by default: the proxy redirects plain HTTP (a device's POST sent over HTTP has already
+    # exposed its token by the time any redirect answers). Load balancers probe /healthz over
+    # plain HTTP on the app servers themselves, so it is exempt when this is on.
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
-    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    # SecurityMiddleware sends HSTS on HTTPS responses only. Subdomains and preload bind the
+    # whole domain, so they are the operator's choice.
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from attachments.api import AttachmentContentView, AttachmentView, TusCreateView, TusUploadView
+from config.admin_login import admin_login
 from config.health import healthz
 from records.api import RecordTypeListView
 from sync.api import ActionView, MeView, PullView, PushView, RegisterView
@@ -25,6 +26,8 @@ api_v1 = [
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    # Before the admin's own URLs, so it answers for admin:login (config/admin_login.py).
+    path("admin/login/", admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from config.api import (
     ErrorDetailSerializer,
     ErrorSerializer,
+    RecordDataField,
     StrictCharField,
     StrictIntegerField,
     StrictUUIDField,
@@ -26,12 +27,15 @@ from config.api import (
     validated,
 )
 from config.errors import ApiError
+from config.throttling import LoginThrottle
 from records.models import Team
 from records.roles import DEVICE_ROLES
 from sync.models import Device
 from sync.services import Action, InvalidCursor, action_result, pull, push, register_device
 
 ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 413)}
+# A version above this is no version any record has had (and past 2**63 not one the database stores).
+MAX_VERSION = 2**31 - 1
 
 # --- input schemas ----------------------------------------------------------------------------
 
@@ -49,8 +53,8 @@ class ActionIn(serializers.Serializer):
     type = StrictCharField(max_length=64)
     record = StrictUUIDField(format="hex_verbose")
     team = StrictCharField(max_length=64, required=False, allow_null=True, default=None)
-    base_version = StrictIntegerField(min_value=1, required=False, allow_null=True, default=None)
-    data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
+    base_version = StrictIntegerField(min_value=1, max_value=MAX_VERSION, required=False, allow_null=True, default=None)
+    data = RecordDataField(required=False, default=dict)  # type: ignore[assignment]
     captured_at = serializers.DateTimeField()
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -129,11 +133,21 @@ class RegisterView(APIView):
     )
     def post(self, request: Request) -> Response:
         body = validated(RegisterIn, request.data)
+        throttle = LoginThrottle(request, body["username"])
+        wait = throttle.blocked_for()
+        if wait is not None:
+            raise ApiError(
+                "throttled",
+                f"Too many failed attempts; retry in {wait} seconds.",
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
         user = get_user_model().objects.filter(username=body["username"]).first()
         if user is None:
             # Hash anyway, so the response time does not tell which usernames exist.
             get_user_model()().set_password(body["password"])
         if user is None or not user.check_password(body["password"]):
+            throttle.failed()
             raise ApiError("invalid_credentials", "Wrong username or password.", status_code=401)
         if not user.is_active:
             raise ApiError("user_inactive", "This user is inactive.", status_code=403)
@@ -198,12 +212,14 @@ class MeView(APIView):
 class PushView(APIView):
     @extend_schema(
         request=PushIn,
-        responses={200: PushOut, **ERRORS},
+        responses={200: PushOut, **ERRORS, 411: ErrorSerializer, 415: ErrorSerializer},
         summary="Apply a batch of actions; one result per action, in order.",
     )
     def post(self, request: Request) -> Response:
         limit = settings.SYNC_MAX_PUSH_BYTES
         length = request.META.get("CONTENT_LENGTH") or ""
+        if not length and "Transfer-Encoding" not in request.headers:
+            raise ApiError("invalid_request", "The request body must be a JSON object.")
         if not _DIGITS.fullmatch(length):
             raise ApiError("length_required", "Send a Content-Length header.", status_code=411)
         if int(length) > limit:
@@ -240,7 +256,11 @@ class PullView(APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter("cursor", OpenApiTypes.STR, description="Opaque; omit to start from the beginning."),
-            OpenApiParameter("limit", OpenApiTypes.INT, description="1..1000, default 500."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 1000, "default": 500},
+                description="1..1000, default 500.",
+            ),
         ],
         responses={200: PullOut, **ERRORS},
         summary="Changes of your teams' records after the cursor.",

@@ -39,6 +39,13 @@ def _test_speed_and_static(settings: Any) -> None:
     }
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(settings: Any) -> None:
+    # Rate-limit counters live in the cache, which outlives a test (Redis even outlives the run):
+    # each test counts under its own prefix.
+    settings.THROTTLE_KEY_PREFIX = f"throttle-{uuid.uuid4().hex}"
+
+
 @pytest.fixture
 def demo(db: None) -> None:
     call_command("seed_demo", stdout=open(os.devnull, "w"))  # noqa: SIM115
