@@ -13,8 +13,17 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import Review, ReviewState
-from approvals.services import Choice, Decision, DecisionError, can_decide, decide_review, live_classification
+from approvals.services import (
+    Choice,
+    Decision,
+    DecisionError,
+    can_decide,
+    decide_review,
+    live_classification,
+    snapshots,
+)
 from attachments import admin as attachments_admin
+from records import schemas
 from records.models import Record
 from records.services import referenced_attachments
 
@@ -106,8 +115,10 @@ class ReviewAdmin(admin.ModelAdmin):
         review = get_object_or_404(Review.objects.select_related("record_type", "team", "submitted_by"), pk=object_id)
         if not self.has_view_or_change_permission(request, review):
             return HttpResponseRedirect(reverse("admin:index"))
-        record = Record.objects.filter(pk=review.record_id).first()
-        current = record.data if record is not None else {}
+        record = Record.objects.select_related("type").filter(pk=review.record_id).first()
+        # Shown in the type's current schema version, as the decision will apply it.
+        current = schemas.current_data(record) if record is not None else {}
+        base, proposed = snapshots(review)
         classification = live_classification(review, current)
         decidable = review.state == ReviewState.PENDING and can_decide(review, request.user)  # type: ignore[arg-type]
 
@@ -135,11 +146,13 @@ class ReviewAdmin(admin.ModelAdmin):
                 {
                     "name": name,
                     "how": how,
-                    "base": _show(review.base_data.get(name)),
+                    "base": _show(base.get(name)),
                     "server": _show(current.get(name)),
-                    "device": _show(review.proposed_data.get(name)) if name in review.proposed_data else "",
-                    "proposed": name in review.proposed_data,
-                    "default": "device" if how == "device_only" else ("" if how == "both_changed" else "server"),
+                    "device": _show(proposed.get(name)) if name in proposed else "",
+                    "proposed": name in proposed,
+                    "default": "device"
+                    if how == "device_only"
+                    else ("" if how in ("both_changed", "needs_value") else "server"),
                 }
             )
         context = {
@@ -156,7 +169,7 @@ class ReviewAdmin(admin.ModelAdmin):
             "own_edit": review.submitted_by_id == request.user.pk,
             "seen_version": record.version if record is not None else "",
             "attachments": attachments_admin.previews_of(
-                referenced_attachments(review.record_type, {**current, **review.proposed_data})
+                referenced_attachments(review.record_type, {**current, **proposed})
             ),
             **(extra_context or {}),
         }

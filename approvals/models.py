@@ -22,7 +22,7 @@ class Review(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     state = models.CharField(max_length=16, choices=ReviewState.choices, default=ReviewState.PENDING)
-    reason = models.CharField(max_length=16)  # review_all | conflict | deleted
+    reason = models.CharField(max_length=16)  # review_all | conflict | deleted | schema_upgrade
     record_type = models.ForeignKey(RecordType, on_delete=models.PROTECT, related_name="+")
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="+")
     record_id = models.UUIDField(db_index=True)
@@ -39,6 +39,11 @@ class Review(models.Model):
     server_data = models.JSONField(default=dict)
     proposed_data = models.JSONField(default=dict)
     classification = models.JSONField(default=dict)
+    # The version of the type's schema the snapshots are in: they are read in the current one
+    # (records/schemas.py). db_default: bench/ inserts reviews with plain SQL.
+    schema_version = models.PositiveIntegerField(default=1, db_default=1)
+    # Why the action waits, beyond `reason`: for schema_upgrade, the versions and the errors.
+    detail = models.JSONField(default=dict, db_default=models.Value("{}"), blank=True)
     # The decision.
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"

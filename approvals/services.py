@@ -17,8 +17,18 @@ from django.utils import timezone
 
 from approvals.models import Review, ReviewState
 from audit.services import record_event
-from records.models import Record, RecordVersion
-from records.services import BOTH_CHANGED, DEVICE_ONLY, Actor, Change, ReviewRequest, apply_change, classify
+from records import schemas
+from records.models import Record, RecordType, RecordVersion
+from records.services import (
+    BOTH_CHANGED,
+    DEVICE_ONLY,
+    NEEDS_VALUE,
+    Actor,
+    Change,
+    ReviewRequest,
+    apply_change,
+    classify,
+)
 
 Decision = Literal["approve", "reject"]
 # Per field: keep the server's value, take the device's, or an officer's own value.
@@ -50,6 +60,8 @@ def open_review(*, actor: Actor, change: Change, request: ReviewRequest) -> Revi
         server_data=request.server_data,
         proposed_data=request.proposed,
         classification=request.classification,
+        schema_version=request.record_type.schema_version,
+        detail=request.detail,
     )
     record_event(
         verb="review.opened",
@@ -88,10 +100,31 @@ class Resolution:
     state: str  # approved | resolved
 
 
+def snapshots(review: Review) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The review's base and proposed data in its type's current schema version: the type may
+    have changed since the review opened (records/schemas.py). The review keeps what was sent."""
+    record_type = review.record_type
+    if review.schema_version == record_type.schema_version:
+        return review.base_data, review.proposed_data
+    base, _ = schemas.upgrade(
+        record_type, review.base_data, from_version=review.schema_version, whole=review.base_version is not None
+    )
+    proposed, _ = schemas.upgrade(
+        record_type, review.proposed_data, from_version=review.schema_version, whole=review.op == "create"
+    )
+    return base, proposed
+
+
 def live_classification(review: Review, current: dict[str, Any]) -> dict[str, str]:
     """The per-field classification against the record as it is now (it may have moved since the
-    review opened)."""
-    return classify(review.base_data, current, review.proposed_data)
+    review opened), plus the fields the current schema requires that nobody has given a value."""
+    base, proposed = snapshots(review)
+    classification = classify(base, current, proposed)
+    if review.op != "delete":
+        for name in schemas.required(review.record_type.schema):
+            if name not in current and name not in proposed:
+                classification[name] = NEEDS_VALUE
+    return classification
 
 
 def resolve(review: Review, current: dict[str, Any], choices: dict[str, Choice]) -> Resolution:
@@ -101,19 +134,23 @@ def resolve(review: Review, current: dict[str, Any], choices: dict[str, Choice])
         raise DecisionError(
             "choice_required", f"Choose a value for the fields changed on both sides: {', '.join(missing)}."
         )
+    unset = [name for name, how in classification.items() if how == NEEDS_VALUE and name not in choices]
+    if unset:
+        raise DecisionError("choice_required", f"Enter a value for the required fields: {', '.join(unset)}.")
+    _, proposed = snapshots(review)
     data = dict(current)
     all_device = True
     for name, how in classification.items():
         choice = choices.get(name, "device" if how == DEVICE_ONLY else "server")
         if choice == "device":
-            if name in review.proposed_data:
-                data[name] = review.proposed_data[name]
+            if name in proposed:
+                data[name] = proposed[name]
         elif choice == "server":
-            if name in review.proposed_data and review.proposed_data[name] != current.get(name):
+            if name in proposed and proposed[name] != current.get(name):
                 all_device = False
         elif isinstance(choice, dict) and "value" in choice:
             data[name] = choice["value"]
-            if choice["value"] != review.proposed_data.get(name):
+            if choice["value"] != proposed.get(name):
                 all_device = False
         else:
             raise DecisionError("invalid_choice", f"{name}: choose server, device or a value.")
@@ -188,7 +225,7 @@ def _apply_decision(
     if review.op == "delete":
         state, data = ReviewState.APPROVED.value, {}
     else:
-        current = record.data if record is not None else {}
+        current = schemas.current_data(record) if record is not None else {}
         resolution = resolve(review, current, choices)
         state = resolution.state
         data = (
@@ -231,6 +268,19 @@ def review_decision(review_id: uuid.UUID) -> dict[str, Any] | None:
         if review.state in (ReviewState.APPROVED, ReviewState.RESOLVED)
         else None,
     }
+
+
+def pending_proposals(record_type: RecordType) -> list[schemas.PendingProposal]:
+    """The actions of a type waiting for review, for the check of a schema change (records may
+    not import us; approvals/apps.py hands it this)."""
+    return [
+        schemas.PendingProposal(
+            review_id=review_id, record_id=record_id, op=op, data=data, schema_version=schema_version
+        )
+        for review_id, record_id, op, data, schema_version in Review.objects.filter(
+            record_type=record_type, state=ReviewState.PENDING
+        ).values_list("id", "record_id", "op", "proposed_data", "schema_version")
+    ]
 
 
 __all__ = ["BOTH_CHANGED", "DecisionError", "decide_review", "open_review", "review_decision"]

@@ -5,8 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from attachments.api import AttachmentContentView, AttachmentView, TusCreateView, TusUploadView
 from config.admin_login import admin_login
 from config.health import healthz
-from records.api import RecordTypeListView
-from sync.api import ActionView, MeView, PullView, PushView, RegisterView
+from sync.api import ActionView, MeView, PullView, PushView, RecordTypesView, RegisterView
 
 admin.site.site_header = "Fieldsync back-office"
 admin.site.site_title = "Fieldsync"
@@ -14,7 +13,7 @@ admin.site.site_title = "Fieldsync"
 api_v1 = [
     path("devices/register", RegisterView.as_view(), name="device-register"),
     path("me", MeView.as_view(), name="me"),
-    path("record-types", RecordTypeListView.as_view(), name="record-types"),
+    path("record-types", RecordTypesView.as_view(), name="record-types"),
     path("sync/push", PushView.as_view(), name="sync-push"),
     path("sync/pull", PullView.as_view(), name="sync-pull"),
     path("sync/actions/<uuid:action_id>", ActionView.as_view(), name="sync-action"),

@@ -13,10 +13,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from attachments import admin as attachments_admin
-from audit.admin_journal import JournalledAdmin
+from audit.admin_journal import JournalledAdmin, admin_request_id
+from records import schemas
 from records.models import Record, RecordType, RecordVersion, Team
 from records.services import Actor, Change, apply_change, schema_errors
 
@@ -41,29 +42,192 @@ class TeamAdmin(JournalledAdmin):
         return {"team": obj.slug}
 
 
+class RecordTypeForm(forms.ModelForm):
+    """A changed schema becomes a new version (records/schemas.py). The form refuses a change that
+    would leave existing records, or actions waiting for review, invalid once brought forward by
+    the rules, and says which and how to fix it."""
+
+    upgrade = forms.JSONField(
+        required=False,
+        label="Upgrade rules",
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
+        help_text=(
+            "With a schema change: how data of the current version becomes the new one, applied in this order. "
+            '{"renames": {"old": "new"}, "drop": ["field"], "defaults": {"field": value}}. A default fills a '
+            "field added (or made required) for records and for creates from devices still on an older version."
+        ),
+    )
+
+    class Meta:
+        model = RecordType
+        fields = ["key", "name", "schema", "conflict_policy", "field_policies"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        rules = cleaned.get("upgrade") or {}
+        schema = cleaned.get("schema")
+        adding = self.instance._state.adding
+        schema_changed = not adding and "schema" in self.changed_data
+        if rules and not schema_changed:
+            self.add_error("upgrade", "Upgrade rules go with a schema change; the schema is unchanged.")
+            return cleaned
+        if not schema_changed or not isinstance(schema, dict) or "schema" in self.errors:
+            return cleaned
+        stored = RecordType.objects.get(pk=self.instance.pk)
+        problems = schemas.rules_errors(rules, previous=stored.schema, schema=schema)
+        if problems:
+            for problem in problems:
+                self.add_error("upgrade", problem)
+            return cleaned
+        impact = schemas.schema_change_impact(stored, schema=schema, rules=rules)
+        if not impact.ok:
+            message = (
+                f"{impact.total} existing record(s) or action(s) waiting for review would not match the new "
+                "schema once brought forward by the upgrade rules."
+            )
+            if impact.missing:
+                example = json.dumps({"defaults": {name: "…" for name in impact.missing}}, ensure_ascii=False)
+                message += f" Give a default for {', '.join(impact.missing)}, e.g. {example}."
+            self.add_error("schema", message)
+            for found in impact.problems:
+                self.add_error("schema", found.describe())
+            if impact.total > len(impact.problems):
+                self.add_error("schema", f"… and {impact.total - len(impact.problems)} more.")
+        return cleaned
+
+
 @admin.register(RecordType)
 class RecordTypeAdmin(JournalledAdmin):
+    form = RecordTypeForm
     list_display = ["key", "name", "schema_version", "conflict_policy", "updated_at"]
     search_fields = ["key", "name"]
-    readonly_fields = ["updated_at"]
+    readonly_fields = ["schema_version", "updated_at", "version_history", "devices_by_version"]
+    fields = [
+        "key",
+        "name",
+        "schema",
+        "upgrade",
+        "conflict_policy",
+        "field_policies",
+        "schema_version",
+        "updated_at",
+        "version_history",
+        "devices_by_version",
+    ]
     journal_object_type = "record_type"
     journal_fields = ["key", "name", "schema", "schema_version", "conflict_policy", "field_policies"]
 
     def journal_context(self, obj: RecordType) -> dict[str, str]:
         return {"record_type": obj.key}
 
+    def save_model(self, request: HttpRequest, obj: RecordType, form: forms.ModelForm, change: bool) -> None:
+        # The admin runs this in the change view's transaction: the version row, the type and the
+        # journal entries commit together.
+        versioned = not change or "schema" in form.changed_data
+        if versioned and change:
+            obj.schema_version = schemas.next_version(obj)
+        super().save_model(request, obj, form, change)
+        if versioned:
+            assert request.user.is_authenticated
+            schemas.record_version(
+                record_type=obj,
+                rules=form.cleaned_data.get("upgrade") or {},
+                by=request.user,
+                request_id=admin_request_id(request),
+            )
+
+    @admin.display(description="versions")
+    def version_history(self, obj: RecordType) -> str:
+        if obj.pk is None:
+            return "-"
+        rows = format_html_join(
+            "",
+            "<tr><td>v{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            (
+                (
+                    v.version,
+                    v.created_at.strftime("%Y-%m-%d %H:%M"),
+                    v.created_by or "-",
+                    json.dumps(v.upgrade, ensure_ascii=False) if v.upgrade else "-",
+                    ", ".join(schemas.properties(v.schema)),
+                )
+                for v in obj.versions.select_related("created_by").order_by("-version")
+            ),
+        )
+        return format_html(
+            '<table id="schema-versions"><thead><tr><th>version</th><th>created</th><th>by</th>'
+            "<th>upgrade rules from the version before</th><th>fields</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="devices")
+    def devices_by_version(self, obj: RecordType) -> str:
+        if obj.pk is None:
+            return "-"
+        uses = schemas.device_uses(obj)
+        if not uses:
+            return "No device has fetched or pushed this type yet."
+        counts: dict[int | None, int] = {}
+        for use in uses:
+            counts[use.fetched_version] = counts.get(use.fetched_version, 0) + 1
+        summary = ", ".join(
+            f"v{version}: {n}" if version is not None else f"never fetched: {n}"
+            for version, n in sorted(counts.items(), key=lambda item: -(item[0] or 0))
+        )
+        behind = sum(1 for use in uses if (use.fetched_version or 0) < obj.schema_version)
+        rows = format_html_join(
+            "",
+            '<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (
+                    "behind" if (use.fetched_version or 0) < obj.schema_version else "current",
+                    use.device,
+                    use.username,
+                    f"v{use.fetched_version}" if use.fetched_version else "-",
+                    f"v{use.pushed_version}" if use.pushed_version else "-",
+                    use.last_seen.strftime("%Y-%m-%d %H:%M") if use.last_seen else "-",
+                )
+                for use in uses
+            ),
+        )
+        return format_html(
+            '<p id="devices-summary">Devices by the version they last fetched: {} ({} behind v{})</p>'
+            '<table id="devices-by-version"><thead><tr><th>device</th><th>user</th><th>fetched</th>'
+            "<th>last pushed with</th><th>last seen</th></tr></thead><tbody>{}</tbody></table>",
+            summary,
+            behind,
+            obj.schema_version,
+            rows,
+        )
+
 
 class RecordVersionInline(admin.TabularInline):
     model = RecordVersion
     extra = 0
     can_delete = False
-    fields = ("version", "op", "source", "actor", "device_id", "action_id", "captured_at", "deleted", "data_json")
+    fields = (
+        "version",
+        "op",
+        "source",
+        "actor",
+        "device_id",
+        "action_id",
+        "captured_at",
+        "deleted",
+        "schema_version",
+        "data_json",
+        "dropped_json",
+    )
     readonly_fields = fields
     ordering = ["-version"]
 
     @admin.display(description="data")
     def data_json(self, obj: RecordVersion) -> str:
         return pretty_json(obj.data)
+
+    @admin.display(description="dropped by a schema upgrade")
+    def dropped_json(self, obj: RecordVersion) -> str:
+        return pretty_json(obj.dropped) if obj.dropped else "-"
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -143,6 +307,13 @@ class RecordAdmin(admin.ModelAdmin):
             return "-"
         return format_html('<a href="{}" id="record-timeline-link">Timeline: every action and journal event</a>', url)
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Record | None:
+        record = super().get_object(request, object_id, from_field)
+        if record is not None:
+            # Shown and edited in the type's current schema version (stored ones may be older).
+            schemas.bring_forward([record])
+        return record
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Record], search_term: str
     ) -> tuple[QuerySet[Record], bool]:
@@ -160,7 +331,7 @@ class RecordAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Record, form: forms.ModelForm, change: bool) -> None:
         if change:
-            before = Record.objects.get(pk=obj.pk).data
+            before = schemas.current_data(Record.objects.select_related("type").get(pk=obj.pk))
             changed = {k: v for k, v in obj.data.items() if before.get(k) != v}
             op_change = Change(
                 op="update",

@@ -25,6 +25,8 @@ class RecordTypeListView(APIView):
         summary="Record types with their JSON Schema and conflict policies.",
     )
     def get(self, request: Request) -> Response:
+        record_types = list(RecordType.objects.order_by("key"))
+        self.served(request, record_types)
         return Response(
             [
                 {
@@ -35,6 +37,10 @@ class RecordTypeListView(APIView):
                     "conflict_policy": rt.conflict_policy,
                     "field_policies": rt.field_policies,
                 }
-                for rt in RecordType.objects.order_by("key")
+                for rt in record_types
             ]
         )
+
+    def served(self, request: Request, record_types: list[RecordType]) -> None:
+        """Told which types (at their current versions) a request was served; sync's subclass
+        remembers them per device (records may not import sync)."""

@@ -77,6 +77,39 @@ class RecordType(models.Model):
         return str(self.field_policies.get(field, self.conflict_policy))
 
 
+class RecordTypeVersion(models.Model):
+    """One version of a record type's schema, immutable once written, with the rules that bring
+    data of the previous version to this one (records/schemas.py; docs/schema-versions.md).
+    RecordType.schema is a copy of the current version's schema."""
+
+    record_type = models.ForeignKey(RecordType, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    schema = models.JSONField()
+    upgrade = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='From the previous version: {"renames": {"old": "new"}, "drop": ["f"], "defaults": {"f": value}}',
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["record_type", "-version"]
+        constraints = [models.UniqueConstraint(fields=["record_type", "version"], name="record_type_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.record_type_id} v{self.version}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Devices hold data captured with every version ever served: a version that changed
+        # afterwards would upgrade their pushes by rules nobody declared.
+        if not self._state.adding:
+            raise ValueError("A record type version is immutable; add a new version instead.")
+        super().save(*args, **kwargs)
+
+
 class Record(models.Model):
     """The current state of one record. Its primary key is the device-generated UUID."""
 
@@ -84,6 +117,12 @@ class Record(models.Model):
     type = models.ForeignKey(RecordType, on_delete=models.PROTECT, related_name="records")
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="records")
     data = models.JSONField(default=dict)
+    # db_default too: rows inserted by plain SQL (bench/) predate versioning, like the migrated ones.
+    schema_version = models.PositiveIntegerField(
+        default=1,
+        db_default=1,
+        help_text="The version of the type's schema `data` is stored in; read through the upgrade rules.",
+    )
     version = models.PositiveIntegerField(default=1)
     deleted = models.BooleanField(default=False, help_text="A tombstone: deletes travel to devices as these.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -112,6 +151,15 @@ class RecordVersion(models.Model):
     record = models.ForeignKey(Record, on_delete=models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField()
     data = models.JSONField()
+    schema_version = models.PositiveIntegerField(
+        default=1, db_default=1, help_text="The version of the type's schema `data` is in."
+    )
+    dropped = models.JSONField(
+        default=dict,
+        db_default=models.Value("{}"),
+        blank=True,
+        help_text="Fields the action carried that its schema upgrade dropped: kept here, not lost.",
+    )
     deleted = models.BooleanField(default=False)
     op = models.CharField(max_length=16)
     source = models.CharField(max_length=16)

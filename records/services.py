@@ -9,7 +9,7 @@ value too; nothing is written for it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from attachments import services as attachments
 from audit.services import diff, record_event
+from records import schemas
 from records.models import ConflictPolicy, Record, RecordType, RecordVersion, Team
 
 Op = Literal["create", "update", "delete"]
@@ -54,6 +55,10 @@ class Change:
     base_version: int | None = None
     team_slug: str | None = None
     action_id: uuid.UUID | None = None
+    # The version of the type's schema the data was captured with; None: the current one.
+    schema_version: int | None = None
+    # Values the schema upgrade removed from `data` (records/schemas.py); kept on the version row.
+    dropped: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class ChangeError:
 
 # How each field stands between the base version, the server now and the device's proposal.
 UNCHANGED, DEVICE_ONLY, SERVER_ONLY, BOTH_CHANGED = "unchanged", "device_only", "server_only", "both_changed"
+# A field the current schema requires that neither the record nor the proposal has (a field added
+# after the device captured): an officer must give it a value.
+NEEDS_VALUE = "needs_value"
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ class ReviewRequest:
     """A change that waits for a compliance officer. `records` returns it as a value; the caller
     (sync, or the admin) hands it to `approvals`, which `records` never imports."""
 
-    reason: str  # "review_all" | "conflict" | "deleted"
+    reason: str  # "review_all" | "conflict" | "deleted" | "schema_upgrade"
     record_type: RecordType
     team: Team
     base_version: int | None
@@ -84,6 +92,8 @@ class ReviewRequest:
     server_data: dict[str, Any]
     proposed: dict[str, Any]
     classification: dict[str, str]
+    # For "schema_upgrade": the versions and the errors that kept the action from applying.
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,21 +159,7 @@ def _validator(record_type: RecordType) -> Draft202012Validator:
 
 def schema_errors(record_type: RecordType, data: dict[str, Any]) -> dict[str, list[str]]:
     """JSON Schema errors keyed by field path (`data.items.0.qty`)."""
-    errors: dict[str, list[str]] = {}
-    for error in _validator(record_type).iter_errors(data):
-        parts = ["data", *(str(p) for p in error.absolute_path)]
-        if error.validator == "required" and isinstance(error.instance, dict):
-            for missing in error.validator_value:
-                if missing not in error.instance:
-                    errors.setdefault(".".join([*parts, str(missing)]), []).append("This field is required.")
-            continue
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = set(error.schema.get("properties", {}))
-            for extra in sorted(set(error.instance) - allowed):
-                errors.setdefault(".".join([*parts, str(extra)]), []).append("Unknown field.")
-            continue
-        errors.setdefault(".".join(parts), []).append(error.message)
-    return errors
+    return schemas.format_errors(_validator(record_type), data)
 
 
 def _check_schema(record_type: RecordType, data: dict[str, Any]) -> None:
@@ -319,8 +315,15 @@ def _lww_wins(change: Change, record: Record) -> bool:
 
 
 def _base_data(record: Record, base_version: int) -> dict[str, Any] | None:
-    row = RecordVersion.objects.filter(record=record, version=base_version).values_list("data", flat=True).first()
-    return row if isinstance(row, dict) else None
+    """The data of an earlier version, in the type's current schema version (compared field by
+    field with the current data and the device's proposal, which are)."""
+    row = (
+        RecordVersion.objects.filter(record=record, version=base_version).values_list("data", "schema_version").first()
+    )
+    if row is None or not isinstance(row[0], dict):
+        return None
+    data, _ = schemas.upgrade(record.type, row[0], from_version=row[1], whole=True)
+    return data
 
 
 def _resolve_update(
@@ -380,7 +383,7 @@ def apply_change(*, actor: Actor, change: Change) -> Outcome:
             status="rejected",
             record_id=change.record_id,
             version=current.version if visible and current else None,
-            data=None if not visible or current is None or current.deleted else current.data,
+            data=None if not visible or current is None or current.deleted else schemas.current_data(current),
             deleted=bool(visible and current and current.deleted),
             error=rejected.error,
         )
@@ -392,6 +395,73 @@ def _apply(actor: Actor, change: Change) -> Outcome:
         raise Rejected(
             "unknown_type", f"There is no record type {change.type_key!r}.", fields={"type": ["Unknown record type."]}
         )
+    captured = record_type.schema_version if change.schema_version is None else change.schema_version
+    if captured == record_type.schema_version:
+        return _apply_current(actor, change, record_type)
+    change = _bring_change_forward(record_type, change, captured)
+    try:
+        return _apply_current(actor, change, record_type)
+    except Rejected as rejected:
+        # Valid in the version it was captured with, but not once brought forward: no rule
+        # covers it. It waits for an officer instead of being lost.
+        if rejected.error.code != "schema_violation":
+            raise
+        return _schema_upgrade_review(actor, change, record_type, captured=captured, errors=rejected.error.fields)
+
+
+def _bring_change_forward(record_type: RecordType, change: Change, captured: int) -> Change:
+    """Validate the change against the version it was captured with, then bring its data to the
+    current version by the rules of the versions in between (records/schemas.py)."""
+    current = record_type.schema_version
+    if not 1 <= captured < current:
+        raise Rejected(
+            "unknown_schema_version",
+            f"schema_version must be a version of {record_type.key!r}'s schema (1..{current}).",
+            fields={"schema_version": ["No such version."]},
+        )
+    if change.op == "delete":
+        return replace(change, schema_version=current)
+    schema = schemas.version_schema(record_type, captured)
+    if schema is not None:
+        errors = schemas.validation_errors(schema, change.data, partial=change.op == "update")
+        if errors:
+            raise Rejected(
+                "schema_violation",
+                f"The record does not match version {captured} of its type's schema.",
+                fields=errors,
+            )
+    data, dropped = schemas.upgrade(record_type, change.data, from_version=captured, whole=change.op == "create")
+    return replace(change, data=data, schema_version=current, dropped=dropped)
+
+
+def _schema_upgrade_review(
+    actor: Actor, change: Change, record_type: RecordType, *, captured: int, errors: dict[str, list[str]]
+) -> Outcome:
+    detail = {
+        "captured_version": captured,
+        "current_version": record_type.schema_version,
+        "errors": errors,
+        "dropped": change.dropped,
+    }
+    if change.op == "create":
+        team = _team_for_create(actor, change)
+        existing = Record.objects.select_related("type", "team").filter(pk=change.record_id).first()
+        if existing is not None:
+            raise Rejected(
+                "record_exists",
+                "A record with this id already exists.",
+                current=existing,
+                fields={"record": ["Already exists."]},
+            )
+        return _pending(change, "schema_upgrade", record_type, team, record=None, detail=detail)
+    # Already locked by this transaction (_apply_current got this far to validate the update).
+    record = Record.objects.select_for_update().select_related("team").get(pk=change.record_id)
+    record.type = record_type
+    schemas.bring_forward([record])
+    return _pending(change, "schema_upgrade", record_type, record.team, record=record, detail=detail)
+
+
+def _apply_current(actor: Actor, change: Change, record_type: RecordType) -> Outcome:
     # Policies route device edits; officers (admin, approval) apply directly.
     from_device = actor.source == "device"
     review_all = from_device and record_type.conflict_policy == ConflictPolicy.REVIEW_ALL
@@ -399,7 +469,7 @@ def _apply(actor: Actor, change: Change) -> Outcome:
         if review_all:
             team = _team_for_create(actor, change)
             _check_schema(record_type, change.data)
-            existing = Record.objects.select_related("team").filter(pk=change.record_id).first()
+            existing = Record.objects.select_related("type", "team").filter(pk=change.record_id).first()
             if existing is not None:
                 raise Rejected(
                     "record_exists",
@@ -426,6 +496,8 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             fields={"type": [f"The record is a {record.type.key}."]},
         )
     record.type = record_type
+    # Conflicts are resolved, and the record written, in the type's current version.
+    schemas.bring_forward([record])
     base_version = change.base_version
     if base_version is None or base_version < 1 or base_version > record.version:
         raise Rejected(
@@ -481,6 +553,7 @@ def _apply(actor: Actor, change: Change) -> Outcome:
     data = _resolve_attachments(record_type, record.team, data, current=record.data)
     if data == record.data:
         # Nothing changes (a repeated edit, or every field lost): journal it, keep the version.
+        # Values an old device sent for fields the schema dropped are journalled, not lost.
         record_event(
             verb="record.unchanged",
             source=actor.source,
@@ -491,6 +564,7 @@ def _apply(actor: Actor, change: Change) -> Outcome:
             occurred_at=change.captured_at,
             action_id=change.action_id,
             request_id=actor.request_id,
+            changes=_dropped_changes(change),
             record_type=record_type.key,
             team=record.team.slug,
         )
@@ -499,7 +573,19 @@ def _apply(actor: Actor, change: Change) -> Outcome:
     return _write(actor, change, record, data=data, deleted=False, verb=verb, status=status)
 
 
-def _pending(change: Change, reason: str, record_type: RecordType, team: Team, *, record: Record | None) -> Outcome:
+def _dropped_changes(change: Change) -> dict[str, Any]:
+    return {"(dropped)": [change.dropped, None]} if change.dropped else {}
+
+
+def _pending(
+    change: Change,
+    reason: str,
+    record_type: RecordType,
+    team: Team,
+    *,
+    record: Record | None,
+    detail: dict[str, Any] | None = None,
+) -> Outcome:
     """Leave the record as it is and describe what waits for a compliance officer."""
     base = {} if record is None else (_base_data(record, change.base_version or 0) or {})
     server = {} if record is None else record.data
@@ -514,6 +600,8 @@ def _pending(change: Change, reason: str, record_type: RecordType, team: Team, *
         server_data=server,
         proposed=proposed,
         classification=classify(base, server, proposed),
+        # Values dropped by the schema upgrade stay with the waiting action.
+        detail={**({"dropped": change.dropped} if change.dropped else {}), **(detail or {})},
     )
     return Outcome(
         status="pending_review",
@@ -534,6 +622,7 @@ def _create(actor: Actor, change: Change, record_type: RecordType) -> Outcome:
         type=record_type,
         team=team,
         data=data,
+        schema_version=record_type.schema_version,
         version=1,
         created_by=actor.user,
         created_by_device=actor.device_id,
@@ -579,6 +668,8 @@ def _write(
         record=record,
         version=version,
         data=data,
+        schema_version=record.type.schema_version,
+        dropped=change.dropped,
         deleted=deleted,
         op=change.op,
         source=actor.source,
@@ -590,6 +681,7 @@ def _write(
     changes = diff(before_data, data)
     if change.op == "delete":
         changes = {"deleted": [False, True]}
+    changes.update(_dropped_changes(change))
     # Last, so the chain head (and with it the change feed's clock) is locked only for the
     # few statements between here and commit.
     event = record_event(
@@ -607,6 +699,7 @@ def _write(
         team=record.team.slug,
     )
     record.data = data
+    record.schema_version = record.type.schema_version
     record.deleted = deleted
     record.version = version
     record.updated_by = actor.user

@@ -28,10 +28,20 @@ from config.api import (
 )
 from config.errors import ApiError
 from config.throttling import LoginThrottle
+from records.api import RecordTypeListView
 from records.models import Team
 from records.roles import DEVICE_ROLES
 from sync.models import Device
-from sync.services import Action, InvalidCursor, action_result, pull, push, register_device
+from sync.services import (
+    Action,
+    InvalidCursor,
+    action_result,
+    note_record_types_fetched,
+    pull,
+    push,
+    record_types_changed,
+    register_device,
+)
 
 ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 413)}
 # A version above this is no version any record has had (and past 2**63 not one the database stores).
@@ -56,6 +66,10 @@ class ActionIn(serializers.Serializer):
     base_version = StrictIntegerField(min_value=1, max_value=MAX_VERSION, required=False, allow_null=True, default=None)
     data = RecordDataField(required=False, default=dict)  # type: ignore[assignment]
     captured_at = serializers.DateTimeField()
+    # The version of the type's schema the action was captured with (docs/schema-versions.md).
+    schema_version = StrictIntegerField(
+        min_value=1, max_value=MAX_VERSION, required=False, allow_null=True, default=None
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["op"] in ("update", "delete") and attrs["base_version"] is None:
@@ -102,6 +116,9 @@ class PullOut(serializers.Serializer):
     changes = ChangeOut(many=True)
     cursor = serializers.CharField()
     has_more = serializers.BooleanField()
+    record_types_changed = serializers.BooleanField(
+        help_text="A record type changed since this device last fetched GET /api/v1/record-types: fetch them again."
+    )
 
 
 # ASCII digits only, and few of them: str.isdigit() accepts "²" (int() then fails) and int()
@@ -242,6 +259,7 @@ class PushView(APIView):
                 base_version=a["base_version"],
                 data=a["data"],
                 captured_at=a["captured_at"],
+                schema_version=a["schema_version"],
                 raw=raw,
             )
             for a, raw in zip(body["actions"], data["actions"], strict=True)
@@ -280,7 +298,15 @@ class PullView(APIView):
             raise ApiError(
                 "invalid_cursor", "The cursor is not one this server handed out.", fields={"cursor": ["Invalid."]}
             ) from None
-        return Response(page)
+        return Response({**page, "record_types_changed": record_types_changed(device=_device(request))})
+
+
+class RecordTypesView(RecordTypeListView):
+    """GET /api/v1/record-types, remembering the versions the device was served: a pull tells a
+    device whose versions are behind to fetch them again (docs/schema-versions.md)."""
+
+    def served(self, request: Request, record_types: list[Any]) -> None:
+        note_record_types_fetched(device=_device(request), record_types=record_types)
 
 
 class ActionView(APIView):

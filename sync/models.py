@@ -68,3 +68,21 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action_id} {self.op} {self.status}"
+
+
+class DeviceRecordType(models.Model):
+    """The version of a record type's schema a device last fetched (GET /record-types) and last
+    pushed an action with. The pull tells a device whose fetched versions are behind to refresh
+    its record types; the record type's admin page lists devices by version."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="record_types")
+    record_type = models.ForeignKey("records.RecordType", on_delete=models.CASCADE, related_name="+")
+    fetched_version = models.PositiveIntegerField(null=True, blank=True)
+    pushed_version = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["device", "record_type"], name="device_record_type_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.record_type_id} fetched v{self.fetched_version}"

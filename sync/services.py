@@ -17,16 +17,17 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from approvals.services import open_review, review_decision
 from audit.models import AuditEvent
 from audit.services import canonical_json, record_event
-from records.models import Record, Team
+from records import schemas
+from records.models import Record, RecordType, Team
 from records.services import Actor, Change, ChangeError, Op, apply_change
 from records.services import Outcome as ChangeOutcome
-from sync.models import Device, LedgerEntry, Outcome
+from sync.models import Device, DeviceRecordType, LedgerEntry, Outcome
 
 # --- devices ----------------------------------------------------------------------------------
 
@@ -116,6 +117,8 @@ class Action:
     data: dict[str, Any]
     captured_at: datetime
     raw: dict[str, Any]
+    # The version of the type's schema the action was captured with; None: the current one.
+    schema_version: int | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -165,6 +168,7 @@ def push(*, device: Device, sent_at: datetime, actions: list[Action], request_id
         if action.op == "create" and result["status"] == "rejected" and not result["replayed"]:
             rejected_creates.add(action.record)
         results.append(result)
+    note_pushed_versions(device=device, actions=actions)
     return results
 
 
@@ -240,6 +244,7 @@ def _push_once(
                     base_version=action.base_version,
                     team_slug=action.team,
                     action_id=action.id,
+                    schema_version=action.schema_version,
                 )
                 outcome = apply_change(actor=actor, change=change)
                 result = _result(action.id, outcome)
@@ -369,6 +374,8 @@ def pull(*, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
     )
     has_more = len(rows) > limit
     rows = rows[:limit]
+    # Served in each type's current schema version, whatever version a row is stored in.
+    schemas.bring_forward([row for row in rows if not row.deleted])
     changes = [
         {
             "type": row.type.key,
@@ -383,3 +390,76 @@ def pull(*, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
     ]
     last = rows[-1].change_seq if rows else after
     return {"changes": changes, "cursor": encode_cursor(last, team_ids), "has_more": has_more}
+
+
+# --- record type versions ---------------------------------------------------------------------
+
+
+def note_record_types_fetched(*, device: Device, record_types: list[RecordType]) -> None:
+    """Remember the versions a device was served by GET /record-types. Writes only what changed."""
+    _note_versions(device=device, versions={rt.pk: rt.schema_version for rt in record_types}, field="fetched_version")
+
+
+def note_pushed_versions(*, device: Device, actions: list[Action]) -> None:
+    """Remember the version each record type's last action in a push was captured with (absent:
+    the current one). Outside the actions' transactions: it is a summary for the admin, and the
+    ledger has each action's own answer."""
+    if not actions:
+        return
+    claimed: dict[str, int | None] = {}
+    for action in actions:
+        claimed[action.type] = action.schema_version
+    versions = {}
+    for pk, key, current in RecordType.objects.filter(key__in=claimed).values_list("pk", "key", "schema_version"):
+        version = claimed[key] or current
+        if 1 <= version <= current:
+            versions[pk] = version
+    _note_versions(device=device, versions=versions, field="pushed_version")
+
+
+def _note_versions(*, device: Device, versions: dict[int, int], field: str) -> None:
+    if not versions:
+        return
+    known = dict(DeviceRecordType.objects.filter(device=device).values_list("record_type_id", field))
+    new = [type_id for type_id in versions if type_id not in known]
+    if new:
+        # Two requests of one device at once both insert; the unique constraint keeps one row.
+        DeviceRecordType.objects.bulk_create(
+            [DeviceRecordType(device=device, record_type_id=type_id, **{field: versions[type_id]}) for type_id in new],
+            ignore_conflicts=True,
+        )
+    for type_id, version in versions.items():
+        if type_id in known and known[type_id] != version:
+            DeviceRecordType.objects.filter(device=device, record_type_id=type_id).update(
+                **{field: version, "updated_at": timezone.now()}
+            )
+
+
+def record_types_changed(*, device: Device) -> bool:
+    """Whether some record type is at a newer schema version than the device last fetched (or
+    is one it never fetched): the pull's signal to refresh its record types."""
+    fetched = DeviceRecordType.objects.filter(
+        device=device, record_type=OuterRef("pk"), fetched_version__gte=OuterRef("schema_version")
+    )
+    return RecordType.objects.filter(~Exists(fetched)).exists()
+
+
+def device_schema_uses(record_type: RecordType, *, limit: int = 200) -> list[schemas.DeviceUse]:
+    """The devices (not revoked) that fetched or pushed a record type, oldest version first, for
+    the record type's admin page (records may not import us; sync/apps.py hands it this)."""
+    rows = (
+        DeviceRecordType.objects.filter(record_type=record_type, device__revoked_at__isnull=True)
+        .select_related("device__user")
+        .order_by("fetched_version", "device__name")[:limit]
+    )
+    return [
+        schemas.DeviceUse(
+            device_id=row.device.id,
+            device=row.device.name,
+            username=row.device.user.get_username(),
+            fetched_version=row.fetched_version,
+            pushed_version=row.pushed_version,
+            last_seen=row.device.last_seen,
+        )
+        for row in rows
+    ]

@@ -72,7 +72,7 @@ def test_pull_documents_its_page(schema: dict[str, Any]) -> None:
     change = resolve(schema, page["properties"]["changes"]["items"])
 
     assert {p["name"] for p in operation["parameters"]} == {"cursor", "limit"}
-    assert set(page["properties"]) == {"changes", "cursor", "has_more"}
+    assert set(page["properties"]) == {"changes", "cursor", "has_more", "record_types_changed"}
     assert set(change["properties"]) == {"type", "record", "team", "version", "deleted", "data", "updated_at"}
 
 

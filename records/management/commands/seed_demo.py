@@ -7,6 +7,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from records import schemas
 from records.demo import RECORD_TYPES
 from records.models import RecordType, Team
 from records.roles import COMPLIANCE_OFFICERS, FIELD_WORKERS, MANAGERS
@@ -48,12 +49,15 @@ class Command(BaseCommand):
             record_type = RecordType.objects.filter(key=spec["key"]).first()
             fields = {k: spec[k] for k in ("name", "schema", "conflict_policy", "field_policies")}
             if record_type is None:
-                RecordType.objects.create(key=spec["key"], **fields)
+                record_type = RecordType.objects.create(key=spec["key"], **fields)
+                schemas.record_version(record_type=record_type, rules={}, by=None, source="system")
             elif any(getattr(record_type, k) != v for k, v in fields.items()):
+                # A reset is a new version like any change (the old one is kept for devices on it).
+                record_type.schema_version = schemas.next_version(record_type)
                 for k, v in fields.items():
                     setattr(record_type, k, v)
-                record_type.schema_version += 1
                 record_type.save()
+                schemas.record_version(record_type=record_type, rules={}, by=None, source="system")
         self.stdout.write(
             self.style.SUCCESS(
                 f"Demo data ready: teams {', '.join(TEAMS)}; users {', '.join(USERS)} "
