@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-Watcher = Callable[[int, str, int], None]  # (backend index, request kind, body length)
+Watcher = Callable[[int, str, bytes], None]  # (backend index, request kind, body of a push)
 
 READ_TIMEOUT = 60.0
 PIECE = 16 * 1024
@@ -128,7 +128,14 @@ class FaultProxy:
             return index, reader, writer
         return None
 
-    async def _copy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, length: int, rate: int) -> int:
+    async def _copy(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        length: int,
+        rate: int,
+        sink: bytearray | None = None,
+    ) -> int:
         """Copy `length` bytes (or until EOF when length < 0); returns the bytes copied."""
         copied = 0
         while length < 0 or copied < length:
@@ -138,6 +145,8 @@ class FaultProxy:
                 break
             writer.write(piece)
             await writer.drain()
+            if sink is not None:
+                sink.extend(piece)
             copied += len(piece)
             if rate:
                 await asyncio.sleep(len(piece) / rate)
@@ -185,9 +194,10 @@ class FaultProxy:
                 upstream_writer.close()  # a clean EOF: the server keeps what arrived
                 _reset(client_writer)
                 return
-            await self._copy(client_reader, upstream_writer, length, rate)
+            body = bytearray() if kind == "push" else None
+            await self._copy(client_reader, upstream_writer, length, rate, body)
             for watcher in list(self.watchers):
-                watcher(backend, kind, length)
+                watcher(backend, kind, bytes(body or b""))
 
             if drop:
                 response = b""

@@ -187,7 +187,7 @@ def proxy(stack: Stack) -> Iterator[FaultProxy]:
 
 
 class Conductor:
-    """Kills an app server -9 while it is applying a push batch (and starts it again), kills the
+    """Kills an app server -9 while it is applying a big push batch (and starts it again), kills the
     Celery worker -9 while it is verifying a file (and starts a fresh one), and kills one device's
     own sync process -9 (and starts it again)."""
 
@@ -199,7 +199,11 @@ class Conductor:
         self.logs = logs
         self.done = threading.Event()
         self.push_seen = threading.Event()
+        self.push_body = b""
+        self.push_backend = 0
         self.app_kills = 0
+        self.mid_batch: tuple[int, int] | None = None  # (actions committed before the kill, batch size)
+        self.kills: list[tuple[int, int, int]] = []  # (app server, committed before the kill, batch size)
         self.worker_killed_during: str | None = None
         self.device_killed = False
         self.errors: list[BaseException] = []
@@ -218,9 +222,11 @@ class Conductor:
 
         return run
 
-    def watch(self, backend: int, kind: str, length: int) -> None:
-        # A push of several actions reached app server 0: it is applying them one by one now.
-        if backend == 0 and kind == "push" and length > 1000:
+    def watch(self, backend: int, kind: str, body: bytes) -> None:
+        # A big push (the stock take) reached an app server: it is applying the actions one by one now.
+        if kind == "push" and not self.push_seen.is_set() and len(json.loads(body)["actions"]) >= 20:
+            self.push_body = body
+            self.push_backend = backend
             self.push_seen.set()
 
     def start(self) -> None:
@@ -237,18 +243,32 @@ class Conductor:
         assert not self.errors, f"the conductor failed: {self.errors!r}"
 
     def kill_app_mid_batch(self) -> None:
-        # Again until a kill lands while a push is in flight (the proxy sees the connection die
-        # without a response), at most three times.
-        while not self.done.is_set() and self.app_kills < 3 and not self.proxy.counters["upstream_lost_push"]:
-            self.push_seen.clear()
+        # Watch the ledger of a big batch that an app server is applying and kill -9 the server as
+        # soon as the first of its actions has committed. Again (up to five batches) until a kill
+        # lands in the middle: some actions committed (their ledger rows carry the killed
+        # request's receive time), the rest not.
+        for _ in range(5):
             self.push_seen.wait()
             if self.done.is_set():
                 return
-            time.sleep(0.015)
-            self.stack.kill_app(0)
+            body, backend = self.push_body, self.push_backend
+            self.push_seen.clear()
+            ids = [action["id"] for action in json.loads(body)["actions"]]
+            marks = ",".join(["%s"] * len(ids))
+            committed = f"SELECT COUNT(*) FROM sync_ledgerentry WHERE action_id IN ({marks})"
+            deadline = time.monotonic() + 10
+            while not self.stack.query(committed, *ids)[0][0] and time.monotonic() < deadline:
+                time.sleep(0.002)
+            killed_at = datetime.now(UTC).replace(tzinfo=None)
+            self.stack.kill_app(backend)
             self.app_kills += 1
+            [(before,)] = self.stack.query(f"{committed} AND received_at < %s", *ids, killed_at)
+            self.kills.append((backend, before, len(ids)))
             time.sleep(1.0)
-            self.stack.start_app(0)
+            self.stack.start_app(backend)
+            if 0 < before < len(ids):
+                self.mid_batch = (before, len(ids))
+                return
 
     def kill_worker_mid_verification(self) -> None:
         while not self.done.is_set():
@@ -263,9 +283,20 @@ class Conductor:
             time.sleep(0.05)
 
     def kill_a_device(self) -> None:
-        time.sleep(3)
+        # Mid-sync: once its first upload or push has gone through, long before it drains.
         process = self.processes[self.victim.name]
-        if process.poll() is None:
+        log = self.logs / f"{self.victim.name}.log"
+        wait_until(
+            lambda: (
+                process.poll() is not None
+                or self.done.is_set()
+                or any(word in log.read_text(errors="replace") for word in ("] uploaded", "] pushed"))
+            ),
+            seconds=DRAIN_SECONDS,
+            interval=0.05,
+            what="the victim device to make progress",
+        )
+        if process.poll() is None and not self.done.is_set():
             os.killpg(process.pid, 9)
             process.wait()
             self.device_killed = True
@@ -341,6 +372,13 @@ def test_ten_devices_capture_offline_and_converge_through_network_and_process_fa
         n = device.index
         is_north = device.username != "carol"
         with device.open() as phone:
+            if n == 9:
+                # A stock take: one big first batch, which an app server is killed in the middle of.
+                for shelf in range(30):
+                    phone.capture_create(
+                        type_key="stock_count",
+                        data={"location": f"Shelf {shelf}", "sku": f"ST-{shelf}", "counted": shelf, "unit": "each"},
+                    )
             # Concurrent edits of the same records: last write wins, field merges.
             phone.capture_update(record_id=s1 if is_north else s3, data={"counted": 100 + n})
             merge_edit = [{"status": "in_progress"}, {"hours": n}, {"assigned_to": f"worker {n}"}][n % 3]
@@ -420,11 +458,11 @@ def test_ten_devices_capture_offline_and_converge_through_network_and_process_fa
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for device in devices:
         processes[device.name] = device.sync_process(logs / f"{device.name}.log", seconds=DRAIN_SECONDS)
-    conductor = Conductor(stack, proxy, devices[4], processes, logs)
+    conductor = Conductor(stack, proxy, devices[1], processes, logs)
     conductor.start()
     try:
         wait_until(
-            lambda: all(p.poll() is not None for p in processes.values()) and conductor.device_killed,
+            lambda: all(p.poll() is not None for p in processes.values()) and not conductor.threads[2].is_alive(),
             seconds=DRAIN_SECONDS + 20,
             interval=0.5,
             what="every device's outbox to drain",
@@ -443,6 +481,7 @@ def test_ten_devices_capture_offline_and_converge_through_network_and_process_fa
         if process.returncode != 0
     }
     assert not failed, f"devices that did not drain: {failed}\nworker:\n{stack.worker.tail() if stack.worker else ''}"
+    assert conductor.device_killed, "the victim device finished before it could be killed mid-sync"
 
     # --- a last pull everywhere, without faults ---------------------------------------------------
     proxy.faults = Faults()
@@ -566,6 +605,7 @@ def test_ten_devices_capture_offline_and_converge_through_network_and_process_fa
     assert counters["drop_push"] >= 1 and counters["drop_upload_patch"] + counters["drop_upload_create"] >= 1
     assert counters["reset_upload"] >= 1 and counters["slow"] >= 1
     assert counters["upstream_lost_push"] >= 1, f"no push was in flight when app server 0 died: {counters}"
+    assert conductor.mid_batch is not None, f"no kill landed mid-batch: {conductor.kills}"
     assert sum(e["replays"] for e in state["ledger"]) >= 1, "no retried push was answered from the ledger"
     assert resumes >= 1, "no upload resumed from a partial offset"
     assert conductor.worker_killed_during is not None
@@ -579,7 +619,7 @@ def test_ten_devices_capture_offline_and_converge_through_network_and_process_fa
     print(
         f"\ne2e: {len(local_actions)} actions ({dict(statuses)}), {len(records)} records, "
         f"{len(attachments)} files, reviews {dict(review_states)}; faults {dict(counters)}; "
-        f"app kills {conductor.app_kills}, resumes {resumes}; "
+        f"app kills {conductor.app_kills} (mid-batch: {conductor.mid_batch}), resumes {resumes}; "
         f"setup+offline {offline_at - started:.0f}s, drain {drained_at - offline_at:.0f}s, "
         f"total {time.monotonic() - started:.0f}s",
         file=sys.stderr,
