@@ -8,6 +8,7 @@ value too; nothing is written for it.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -162,8 +163,27 @@ def schema_errors(record_type: RecordType, data: dict[str, Any]) -> dict[str, li
     return schemas.format_errors(_validator(record_type), data)
 
 
+def _non_finite_numbers(data: Any) -> list[str]:
+    """Paths of NaN and Infinity in `data`. JSON has neither, so no database column takes them (the
+    JSON check refused the row, which read as "the record exists"); a schema's minimum/maximum
+    does not catch NaN. The device API refuses them when parsing; the admin's JSON fields and a
+    reviewer's typed value do not."""
+    found, stack = [], [("data", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{key}", child) for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}", child) for index, child in enumerate(value))
+    return sorted(found)
+
+
 def _check_schema(record_type: RecordType, data: dict[str, Any]) -> None:
     errors = schema_errors(record_type, data)
+    for path in _non_finite_numbers(data):
+        errors.setdefault(path, []).append("Not a finite number: JSON has no NaN or Infinity.")
     if errors:
         raise Rejected("schema_violation", "The record does not match its type's schema.", fields=errors)
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from attachments.models import Attachment
 from audit.models import AuditEvent
@@ -481,3 +482,52 @@ def test_nothing_above_is_a_server_error_in_the_log(caplog: Any, alice: DeviceCl
         for raw, *_ in PUSH_CASES.values():
             alice.generic("POST", PUSH, raw, content_type="application/json")
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+# --- the admin's JSON is Python's: NaN and Infinity get in there ---------------------------------
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_typed_in_the_admin_is_refused_and_nothing_is_saved(demo: None, number: str) -> None:
+    from records.models import RecordType, Team
+
+    admin = Client()
+    admin.force_login(User.objects.get(username="admin"))
+    data = '{"title": "T", "site": "S", "status": "open", "hours": NUMBER}'.replace("NUMBER", number)
+
+    response = admin.post(
+        "/admin/records/record/add/",
+        {
+            "type": RecordType.objects.get(key="job_card").pk,
+            "team": Team.objects.get(slug="north").pk,
+            "data": data,
+            "versions-TOTAL_FORMS": "0",
+            "versions-INITIAL_FORMS": "0",
+        },
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert not Record.objects.exists()
+    assert not any("already exists" in str(m) for m in response.context["messages"])
+
+
+def test_the_one_write_service_refuses_nan_wherever_it_comes_from(demo: None) -> None:
+    from records.services import Actor, Change, apply_change
+
+    outcome = apply_change(
+        actor=Actor(user=User.objects.get(username="olivia"), source="approval"),
+        change=Change(
+            op="create",
+            record_id=uuid.uuid4(),
+            type_key="job_card",
+            data={"title": "T", "site": "S", "status": "open", "hours": float("nan")},
+            captured_at=timezone.now(),
+            team_slug="north",
+        ),
+    )
+
+    assert outcome.status == "rejected"
+    assert outcome.error is not None and outcome.error.code == "schema_violation"
+    assert list(outcome.error.fields) == ["data.hours"]
+    assert not Record.objects.exists()
