@@ -28,6 +28,10 @@ from rest_framework.throttling import BaseThrottle
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _clock() -> float:
+    return time.time()
+
+
 def parse_rate(rate: str) -> tuple[int, int]:
     """`"600/min"` -> (600, 60): DRF's rate spelling (the period's first letter counts)."""
     count, _, period = rate.partition("/")
@@ -85,7 +89,7 @@ class DeviceRateThrottle(BaseThrottle):
         if device_id is None or not settings.API_DEVICE_RATE:
             return True
         limit, period = parse_rate(settings.API_DEVICE_RATE)
-        window = _hit(_key("device", str(device_id)), period, now=time.time())
+        window = _hit(_key("device", str(device_id)), period, now=_clock())
         if window.count <= limit:
             return True
         self._retry_after = window.retry_after
@@ -108,7 +112,7 @@ class LoginThrottle:
 
     def blocked_for(self) -> int | None:
         """Seconds until a password may be tried again, or None when it may be tried now."""
-        now = time.time()
+        now = _clock()
         waits = [
             window.retry_after
             for key, limit in self.keys
@@ -117,6 +121,6 @@ class LoginThrottle:
         return max(waits) if waits else None
 
     def failed(self) -> None:
-        now = time.time()
+        now = _clock()
         for key, _ in self.keys:
             _hit(key, self.period, now=now)
