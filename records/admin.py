@@ -57,10 +57,17 @@ class RecordTypeForm(forms.ModelForm):
             "field added (or made required) for records and for creates from devices still on an older version."
         ),
     )
+    # The version the officer edited: a schema saved by someone else meanwhile makes this edit stale.
+    based_on = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = RecordType
         fields = ["key", "name", "schema", "conflict_policy", "field_policies"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "based_on" in self.fields and not self.instance._state.adding:
+            self.fields["based_on"].initial = self.instance.schema_version
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -74,6 +81,8 @@ class RecordTypeForm(forms.ModelForm):
         if not schema_changed or not isinstance(schema, dict) or "schema" in self.errors:
             return cleaned
         stored = RecordType.objects.get(pk=self.instance.pk)
+        if self._stale(stored):
+            return cleaned
         problems = schemas.rules_errors(rules, previous=stored.schema, schema=schema)
         if problems:
             for problem in problems:
@@ -93,7 +102,26 @@ class RecordTypeForm(forms.ModelForm):
                 self.add_error("schema", found.describe())
             if impact.total > len(impact.problems):
                 self.add_error("schema", f"… and {impact.total - len(impact.problems)} more.")
+            return cleaned
+        # Locked from here until the save commits (the admin's change view is one transaction), not
+        # during the check above: a record insert of the type waits for this row (its foreign key
+        # check), and the check reads every record. A schema save at the same moment waits here,
+        # then finds its edit stale.
+        self._stale(RecordType.objects.select_for_update().get(pk=self.instance.pk), checked=stored)
         return cleaned
+
+    def _stale(self, stored: RecordType, *, checked: RecordType | None = None) -> bool:
+        based_on = self.cleaned_data.get("based_on")
+        if checked is not None and based_on is None:
+            based_on = checked.schema_version
+        if based_on is None or based_on == stored.schema_version:
+            return False
+        self.add_error(
+            "schema",
+            f"The schema was changed by someone else since you opened this page (now version "
+            f"{stored.schema_version}); reload the page and make your change again.",
+        )
+        return True
 
 
 @admin.register(RecordType)
@@ -107,6 +135,7 @@ class RecordTypeAdmin(JournalledAdmin):
         "name",
         "schema",
         "upgrade",
+        "based_on",
         "conflict_policy",
         "field_policies",
         "schema_version",
@@ -119,6 +148,13 @@ class RecordTypeAdmin(JournalledAdmin):
 
     def journal_context(self, obj: RecordType) -> dict[str, str]:
         return {"record_type": obj.key}
+
+    def get_fields(self, request: HttpRequest, obj: RecordType | None = None) -> Any:
+        fields = list(super().get_fields(request, obj))
+        if obj is None or not self.has_change_permission(request, obj):
+            # Rules go with a change of an existing type's schema; a reader has nothing to post.
+            fields = [name for name in fields if name not in ("upgrade", "based_on")]
+        return fields
 
     def save_model(self, request: HttpRequest, obj: RecordType, form: forms.ModelForm, change: bool) -> None:
         # The admin runs this in the change view's transaction: the version row, the type and the

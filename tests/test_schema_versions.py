@@ -481,6 +481,24 @@ def test_upgrade_rules_that_do_not_fit_the_schemas_are_refused(
     assert stock_type().schema_version == 1
 
 
+def test_a_schema_edit_of_a_version_someone_else_replaced_meanwhile_is_refused(admin: Client) -> None:
+    saved(change_schema(admin, with_changes(add={"bin": SHORT}), based_on="1"))
+
+    message = refused(change_schema(admin, with_changes(add={"shelf": SHORT}), based_on="1"))
+
+    assert "changed by someone else since you opened this page (now version 2)" in message
+    assert "shelf" not in stock_type().schema["properties"]
+    assert stock_type().schema_version == 2
+
+
+def test_the_change_page_carries_the_version_it_was_opened_on(admin: Client) -> None:
+    page = admin.get(f"/admin/records/recordtype/{stock_type().pk}/change/")
+
+    assert page.context["adminform"].form["based_on"].value() == 1
+    assert 'name="based_on"' in page.content.decode()
+    assert 'name="upgrade"' not in admin.get("/admin/records/recordtype/add/").content.decode()
+
+
 def test_upgrade_rules_without_a_schema_change_are_refused(admin: Client) -> None:
     assert "the schema is unchanged" in refused(change_schema(admin, schema_v1(), {"drop": ["note"]}), "upgrade")
 
