@@ -474,8 +474,9 @@ def _schema_upgrade_review(
                 fields={"record": ["Already exists."]},
             )
         return _pending(change, "schema_upgrade", record_type, team, record=None, detail=detail)
-    # Already locked by this transaction (_apply_current got this far to validate the update).
-    record = Record.objects.select_for_update().select_related("team").get(pk=change.record_id)
+    # Already locked by this transaction (_apply_current got this far to validate the update); no
+    # FOR UPDATE here, which with select_related would lock the team row too (see _apply_current).
+    record = Record.objects.select_related("team").get(pk=change.record_id)
     record.type = record_type
     schemas.bring_forward([record])
     return _pending(change, "schema_upgrade", record_type, record.team, record=record, detail=detail)
