@@ -202,8 +202,9 @@ class Syncer:
             # Resume: the server's offset is the truth (a chunk may have been cut short, and
             # the bytes that arrived are kept).
             offset = api.tus_offset(attachment.id)
-            if offset is not None and offset != attachment.upload_offset:
-                self._set(attachment.id, upload_offset=offset, resumed=0 < offset < attachment.size)
+            if offset is not None and 0 < offset < attachment.size:
+                self._set(attachment.id, upload_offset=offset, resumed=True)
+                self.log(f"resuming {attachment.filename} at {offset} of {attachment.size} bytes")
         if offset is None:
             try:
                 # Idempotent per id: a lost 201 or an upload the server forgot both end up here.

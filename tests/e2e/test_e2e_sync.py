@@ -33,11 +33,15 @@ from fieldsync_device.store import ActionRow
 from PIL import Image
 
 from tests.e2e.proxy import FaultProxy, Faults
-from tests.e2e.stack import BIN, Stack, free_ports, wait_until
+from tests.e2e.stack import BASE_DIR, Stack, free_ports, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
 PASSWORD = "fieldsync-demo"
+# The client's CLI from this checkout (`fieldsync-device`, as `python -m`), not from wherever a
+# shared venv's editable install points.
+CLIENT = [sys.executable, "-m", "fieldsync_device"]
+CLIENT_ENV = {**os.environ, "PYTHONPATH": str(BASE_DIR / "client")}
 USERS = ["alice"] * 4 + ["bob"] * 3 + ["carol"] * 3
 DRAIN_SECONDS = 200
 RECORD_VERBS = {
@@ -83,7 +87,8 @@ class SimDevice:
 
     def cli(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "fieldsync-device"), "--home", str(self.home), "--timeout-http", "15", *args],
+            [*CLIENT, "--home", str(self.home), "--timeout-http", "15", *args],
+            env=CLIENT_ENV,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -94,7 +99,7 @@ class SimDevice:
         with log.open("ab") as out:
             return subprocess.Popen(
                 [
-                    str(BIN / "fieldsync-device"),
+                    *CLIENT,
                     "--home",
                     str(self.home),
                     "--timeout-http",
@@ -109,6 +114,7 @@ class SimDevice:
                     "--max-delay",
                     "2",
                 ],
+                env=CLIENT_ENV,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
