@@ -15,8 +15,9 @@ def record_current_versions(apps, schema_editor):
     for record_type in RecordType.objects.all():
         version = record_type.schema_version
         RecordTypeVersion.objects.create(record_type=record_type, version=version, schema=record_type.schema)
-        Record.objects.filter(type=record_type).update(schema_version=version)
-        RecordVersion.objects.filter(record__type=record_type).update(schema_version=version)
+        if version != 1:  # 1 is the columns' default: no need to rewrite every row of a big table
+            Record.objects.filter(type=record_type).update(schema_version=version)
+            RecordVersion.objects.filter(record__type=record_type).update(schema_version=version)
 
 
 class Migration(migrations.Migration):
