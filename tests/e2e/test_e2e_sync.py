@@ -210,7 +210,8 @@ class Conductor:
         self.app_kills = 0
         self.mid_batch: tuple[int, int] | None = None  # (actions committed before the kill, batch size)
         self.kills: list[tuple[int, int, int]] = []  # (app server, committed before the kill, batch size)
-        self.worker_killed_during: str | None = None
+        self.worker_killed_during: str | None = None  # the attachment being verified
+        self.worker_killed_task = ""  # the id of the task (the message) verifying it
         self.device_killed = False
         self.errors: list[BaseException] = []
         self.threads = [
@@ -279,11 +280,12 @@ class Conductor:
     def kill_worker_mid_verification(self) -> None:
         while not self.done.is_set():
             claimed = self.stack.query(
-                "SELECT id FROM attachments_attachment WHERE state = 'uploaded' AND verify_attempts >= 1"
+                "SELECT id, verify_claim FROM attachments_attachment WHERE state = 'uploaded' AND verify_attempts >= 1"
             )
             if claimed:
                 self.stack.kill_worker()
                 self.worker_killed_during = str(claimed[0][0])
+                self.worker_killed_task = str(claimed[0][1])
                 self.stack.start_worker(storage_delay=0)
                 return
             time.sleep(0.05)
@@ -617,6 +619,10 @@ def test_ten_devices_capture_offline_and_converge_through_network_and_process_fa
     assert conductor.worker_killed_during is not None
     killed = attachments[conductor.worker_killed_during]
     assert killed["state"] in ("verified", "rejected") and killed["attempts"] >= 2, killed
+    # The same message came back (acks_late: it was never acknowledged) to the new worker.
+    task = f"verify_attachment[{conductor.worker_killed_task}]"
+    worker_log = (stack.tmp / "worker.log").read_text(errors="replace")
+    assert worker_log.count(f"{task} received") >= 2 and f"{task} succeeded" in worker_log, task
     statuses = Counter(final_status.values())
     assert statuses["applied"] and statuses["merged"] and statuses["rejected"], statuses
     review_states = Counter(r["state"] for r in state["reviews"])
