@@ -129,7 +129,7 @@ def test_a_result_lost_after_the_server_committed_is_asked_again_with_the_same_b
     alice = phone()
     captured = alice.capture_create(type_key="stock_count", data=STOCK)
 
-    def die(self: Syncer, action: Any, result: dict[str, Any]) -> None:
+    def die(self: Syncer, action: Any, result: dict[str, Any]) -> bool:
         raise Crash
 
     with monkeypatch.context() as patch:

@@ -270,10 +270,14 @@ class Syncer:
             if len(results) != len(batch):
                 raise Transient(f"push: {len(results)} results for {len(batch)} actions")
             with self.store.transaction():
-                for (action, _), result in zip(batch, results, strict=True):
-                    self._store_result(action, result)
-            pushed += len(batch)
+                answered = sum(
+                    self._store_result(action, result) for (action, _), result in zip(batch, results, strict=True)
+                )
+            pushed += answered
             self.log(f"pushed {len(batch)} actions")
+            if not answered:
+                # Every one was `retry_later`: back off instead of resending at once.
+                raise Transient("push: the server asked to retry every action later")
         return pushed
 
     def _next_batch(self) -> list[tuple[ActionRow, str]]:
@@ -335,7 +339,8 @@ class Syncer:
                 base = earlier if isinstance(earlier, int) else None
         return base if base is not None and base >= 1 else 1
 
-    def _store_result(self, action: ActionRow, result: dict[str, Any]) -> None:
+    def _store_result(self, action: ActionRow, result: dict[str, Any]) -> bool:
+        """Store one result; False when the action stays queued (`retry_later`)."""
         if result.get("id") != action.id:
             raise Transient(f"push: result {result.get('id')} answers action {action.id}")
         status = str(result.get("status"))
@@ -343,11 +348,12 @@ class Syncer:
         if status == "rejected" and error.get("code") == "retry_later":
             # Nothing was stored on the server: the same action goes again.
             self.store.note_attempt(action.id, "retry_later")
-            return
+            return False
         state = REVIEW if status == "pending_review" else DONE
         self.store.store_result(action.id, state=state, status=status, result=result, now=iso(self.device.now()))
         self._adopt_result(action, result)
         self.store.rebuild(action.record)
+        return True
 
     def _adopt_result(self, action: ActionRow, result: dict[str, Any]) -> None:
         """Every result with a version carries the server's state of the record: take it."""
