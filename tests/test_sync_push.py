@@ -209,6 +209,34 @@ def test_the_same_action_twice_in_one_batch_applies_once(alice: DeviceClient) ->
     assert Record.objects.count() == 1
 
 
+def test_a_retried_batch_mixing_old_and_new_actions_replays_applies_and_counts_every_copy(
+    alice: DeviceClient,
+) -> None:
+    # A retried batch is answered from the ledger in one read (sync.services._stored_answers);
+    # what is new in it still applies in order, after what came before it.
+    record = str(uuid.uuid4())
+    old = create(record, at=ago(minutes=5))
+    first = results(alice.push([old]))
+    new = update(record, 1, {"counted": 7})
+    reused = {**old, "data": stock(counted=999)}
+
+    got = results(alice.push([old, new, old, reused]))
+
+    assert [(r["status"], r["replayed"]) for r in got] == [
+        ("applied", True),
+        ("applied", False),
+        ("applied", True),
+        ("rejected", False),
+    ]
+    assert got[0] == got[2] == {**first[0], "replayed": True}
+    assert got[1]["version"] == 2
+    assert got[3]["error"]["code"] == "idempotency_key_reused"
+    assert Record.objects.get(pk=record).data == stock(counted=7)
+    entry = LedgerEntry.objects.get(device_id=alice.device_id, action_id=old["id"])
+    assert entry.replays == 2
+    assert entry.last_replayed_at is not None
+
+
 def test_it_rejects_a_reused_action_id_with_another_payload_and_changes_nothing(alice: DeviceClient) -> None:
     action = create()
     original = push_one(alice, action)

@@ -1,0 +1,19 @@
+"""The project's URLs plus the bench's peers (bench/peers.py), under /bench/."""
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from bench.peers import NaiveRecordViewSet, OneTransactionPushView
+from config.urls import handler404, handler500
+from config.urls import urlpatterns as project_urls
+
+router = SimpleRouter(trailing_slash=False)
+router.register("bench/naive/records", NaiveRecordViewSet, basename="naive-record")
+
+urlpatterns = [
+    *project_urls,
+    path("bench/push-one-transaction", OneTransactionPushView.as_view(), name="bench-push-one-transaction"),
+    *router.urls,
+]
+
+__all__ = ["handler404", "handler500", "urlpatterns"]
