@@ -10,7 +10,7 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -391,8 +391,31 @@ class RecordAdmin(admin.ModelAdmin):
             outcome = apply_change(actor=self._actor(request), change=op_change)
         if outcome.error:
             self.message_user(request, f"Not saved: {outcome.error.message}", level=messages.ERROR)
+            request._fieldsync_refused = True  # type: ignore[attr-defined]
         if outcome.applied:
             obj.refresh_from_db()
+
+    # When the service refused the save, the admin must neither log it nor say it succeeded: it
+    # goes back to the form, where the error message is shown.
+    @staticmethod
+    def _refused(request: HttpRequest) -> bool:
+        return bool(getattr(request, "_fieldsync_refused", False))
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        return None if self._refused(request) else super().log_addition(request, obj, message)
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        return None if self._refused(request) else super().log_change(request, obj, message)
+
+    def response_add(self, request: HttpRequest, obj: Record, post_url_continue: str | None = None) -> HttpResponse:
+        if self._refused(request):
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request: HttpRequest, obj: Record) -> HttpResponse:
+        if self._refused(request):
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_change(request, obj)
 
     def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
         # Versions are read-only and written by the service: save no formset, but say that none

@@ -229,6 +229,26 @@ def test_an_admin_edit_that_breaks_the_schema_is_refused_and_changes_nothing(
     assert AuditEvent.objects.count() == events
 
 
+def test_an_admin_edit_the_service_refuses_is_neither_logged_nor_called_a_success(
+    olivia: Client, records: dict[str, Record]
+) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    record = records["north_stock"]
+    form = change_form(record, stock(counted=41))
+    Record.objects.filter(pk=record.pk).update(deleted=True)  # deleted while the officer had the page open
+
+    response = olivia.post(f"/admin/records/record/{record.pk}/change/", form, follow=True)
+
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Not saved:") for m in shown), shown
+    assert not any("successfully" in m for m in shown), shown
+    assert response.redirect_chain[-1][0].endswith(f"/admin/records/record/{record.pk}/change/")
+    assert not LogEntry.objects.filter(object_id=str(record.pk)).exists()
+    record.refresh_from_db()
+    assert record.version == 1
+
+
 def test_deleting_a_record_in_the_admin_leaves_a_tombstone(admin: Client, records: dict[str, Record]) -> None:
     record = records["north_stock"]
 
