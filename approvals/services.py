@@ -256,17 +256,22 @@ def review_decision(review_id: uuid.UUID) -> dict[str, Any] | None:
     review = Review.objects.select_related("decided_by").filter(pk=review_id).first()
     if review is None or review.state == ReviewState.PENDING:
         return None
+    data = None
+    if review.state in (ReviewState.APPROVED, ReviewState.RESOLVED):
+        # A tombstone carries no data on the wire (as in pull): an approved delete says null.
+        row = (
+            RecordVersion.objects.filter(record_id=review.record_id, version=review.result_version or 0)
+            .values_list("data", "deleted")
+            .first()
+        )
+        data = row[0] if row is not None and not row[1] else None
     return {
         "state": review.state,
         "decided_by": review.decided_by.get_username() if review.decided_by else None,
         "decided_at": review.decided_at.isoformat() if review.decided_at else None,
         "note": review.note,
         "version": review.result_version,
-        "data": RecordVersion.objects.filter(record_id=review.record_id, version=review.result_version or 0)
-        .values_list("data", flat=True)
-        .first()
-        if review.state in (ReviewState.APPROVED, ReviewState.RESOLVED)
-        else None,
+        "data": data,
     }
 
 

@@ -368,6 +368,12 @@ def test_review_all_holds_deletes_too(record_of: Any, user: Any) -> None:
     assert result["status"] == "pending_review"
     assert Record.objects.get(pk=record).deleted is False
 
+    delete_id = Review.objects.get(pk=result["review"]).action_id
+    decide_review(review_id=uuid.UUID(result["review"]), officer=user("olivia"), decision="approve", seen_version=1)
+    shown = alice.get(f"/api/v1/sync/actions/{delete_id}").json()
+    assert (shown["status"], shown["version"], shown["data"]) == ("applied", 2, None)
+    assert Record.objects.get(pk=record).deleted is True
+
 
 def test_every_decision_is_journalled_and_the_chain_verifies(device_for: Any, user: Any) -> None:
     from django.core.management import call_command
