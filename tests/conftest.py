@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from records.models import RecordType, Team
 from sync.services import register_device
+from tests.browser import browser  # noqa: F401 - the Playwright fixture, for every browser test
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

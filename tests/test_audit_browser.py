@@ -9,44 +9,24 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from tests.browser import TIMEOUT_MS
 from tests.conftest import DeviceClient
 from tests.reviewing import push_one
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-dev-shm-usage",
-]
-TIMEOUT_MS = 20_000
 PORTS = range(8500, 8600)
 STOCK = {"location": "A1", "sku": "BOLT-8", "counted": 40, "unit": "each"}
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _missing() -> str:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -r requirements.txt)"
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    return ""
 
 
 def _free_port() -> int:
@@ -72,26 +52,6 @@ def server() -> Iterator[str]:
     finally:
         live._live_server_modified_settings.disable()
         live.stop()
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Any:
-    missing = _missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run: {missing}")
-        pytest.skip(f"browser test needs Debian's chromium: {missing}")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; Django would take the test's own
-    # (sync) ORM calls for async code without this, for this test only.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def history(alice: DeviceClient) -> uuid.UUID:
