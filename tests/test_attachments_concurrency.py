@@ -19,9 +19,9 @@ import requests
 
 from attachments.models import Attachment
 from tests.attachments_support import media, sha256
+from tests.celery_worker import database_url_for_test_db
 from tests.test_attachments_s3 import _free_port
 from tests.test_attachments_tuspy import noisy_jpeg, wait_for_state
-from tests.test_celery import _database_url_for_test_db
 
 __all__ = ["media"]
 
@@ -93,7 +93,7 @@ def two_app_servers(media: Path, tmp_path: Path) -> Iterator[list[str]]:
     """Two gunicorn servers on the test database, sharing the storage and the staging area."""
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url_for_test_db(),
+        "DATABASE_URL": database_url_for_test_db(),
         "DB_CONN_MAX_AGE": "0",
         "DEBUG": "0",
         "ALLOWED_HOSTS": "127.0.0.1",

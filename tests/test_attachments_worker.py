@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,8 +21,9 @@ from attachments.models import Attachment
 from attachments.tasks import sweep_attachments
 from audit.models import AuditEvent
 from config.celery import app as celery_app
+from tests import celery_worker
 from tests.attachments_support import png, put
-from tests.test_celery import Worker, _database_url_for_test_db
+from tests.celery_worker import Worker
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -47,68 +46,30 @@ def shared_media(settings, tmp_path) -> Path:
 def start_worker(shared_media: Path, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Start a prefork worker (one child): killing the child leaves the parent to requeue the
     message (acks_late + task_reject_on_worker_lost) and fork a new child."""
-    if not os.environ.get("REDIS_URL"):
-        pytest.fail("the Celery worker tests need REDIS_URL (scripts/test-services.sh sets it)")
     started: list[Worker] = []
     was_eager = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = False
     celery_app.control.purge()
 
     def start(*, storage_delay: float = 0) -> Worker:
-        hostname = f"fieldsync-attachments-{uuid.uuid4().hex[:8]}@localhost"
-        log = tmp_path / f"worker-{len(started)}.log"
-        env = {
-            **os.environ,
-            "DATABASE_URL": _database_url_for_test_db(),
-            "CELERY_TASK_ALWAYS_EAGER": "0",
-            "DB_CONN_MAX_AGE": "0",
-            "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
-            "MEDIA_ROOT": str(shared_media),
-            "ATTACHMENT_STAGING_DIR": str(tmp_path / "staging"),
-            "FIELDSYNC_TEST_STORAGE_DELAY": str(storage_delay),
-        }
-        with log.open("wb") as log_file:
-            process = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("celery")),
-                    "-A",
-                    "config",
-                    "worker",
-                    "--pool",
-                    "prefork",
-                    "--concurrency",
-                    "1",
-                    "-l",
-                    "info",
-                    "-n",
-                    hostname,
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=BASE_DIR,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = Worker(process, hostname, log)
+        worker = celery_worker.start_worker(
+            log=tmp_path / f"worker-{len(started)}.log",
+            pool="prefork",
+            name="fieldsync-attachments",
+            env={
+                "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
+                "MEDIA_ROOT": str(shared_media),
+                "ATTACHMENT_STAGING_DIR": str(tmp_path / "staging"),
+                "FIELDSYNC_TEST_STORAGE_DELAY": str(storage_delay),
+            },
+        )
         started.append(worker)
-        deadline = time.monotonic() + 30
-        while not celery_app.control.ping(destination=[hostname], timeout=0.5):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Celery worker did not come up; log:\n{worker.log_tail()}")
         return worker
 
     yield start
     celery_app.conf.task_always_eager = was_eager
     for worker in started:
-        if worker.process.poll() is None:
-            os.killpg(worker.process.pid, signal.SIGTERM)
-            try:
-                worker.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.process.pid, signal.SIGKILL)
-                worker.process.wait()
+        worker.stop()
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:

@@ -5,16 +5,12 @@ transaction runs once that transaction commits, and is never even sent when it r
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import pytest
 import redis
@@ -24,6 +20,7 @@ from django.utils import timezone
 from config.celery import app as celery_app
 from sync.models import Device, LedgerEntry
 from sync.tasks import purge_expired_ledger_entries
+from tests.celery_worker import Worker, start_worker
 from tests.conftest import DeviceClient
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -33,85 +30,22 @@ WAIT_SECONDS = 30
 pytestmark = [pytest.mark.celery_worker, pytest.mark.django_db(transaction=True)]
 
 
-class Worker:
-    def __init__(self, process: subprocess.Popen[bytes], hostname: str, log: Path) -> None:
-        self.process = process
-        self.hostname = hostname
-        self.log = log
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-
-    def executed(self, task: str) -> int:
-        """How many `task` messages this worker has run since it started."""
-        stats = celery_app.control.inspect(destination=[self.hostname], timeout=5).stats() or {}
-        assert self.hostname in stats, f"worker did not answer inspect; log:\n{self.log_tail()}"
-        return int(stats[self.hostname].get("total", {}).get(task, 0))
-
-
-def _database_url_for_test_db() -> str:
-    """DATABASE_URL with the database name swapped for the test database pytest-django made."""
-    url = urlparse(os.environ["DATABASE_URL"])
-    return urlunparse(url._replace(path="/" + connection.settings_dict["NAME"]))
-
-
 @pytest.fixture(scope="module")
 def worker(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    if not os.environ.get("REDIS_URL"):
-        pytest.fail("the Celery worker tests need REDIS_URL (scripts/test-services.sh sets it)")
-    hostname = f"fieldsync-test-{uuid.uuid4().hex[:8]}@localhost"
-    log = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url_for_test_db(),
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "DB_CONN_MAX_AGE": "0",
-    }
     # Publish to Redis from this process too (the suite otherwise runs tasks eagerly), and
     # start from an empty queue so a leftover message cannot stand in for ours.
     was_eager = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = False
     celery_app.control.purge()
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("celery")),
-                "-A",
-                "config",
-                "worker",
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "-l",
-                "info",
-                "-n",
-                hostname,
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=BASE_DIR,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running = Worker(process, hostname, log)
+    running = None
     try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not celery_app.control.ping(destination=[hostname], timeout=0.5):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Celery worker did not come up; log:\n{running.log_tail()}")
+        log = tmp_path_factory.mktemp("celery") / "worker.log"
+        running = start_worker(log=log, pool="solo", name="fieldsync-test")
         yield running
     finally:
         celery_app.conf.task_always_eager = was_eager
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        if running is not None:
+            running.stop()
 
 
 def queued_messages() -> int:
