@@ -98,3 +98,27 @@ def on_mariadb() -> bool:
 
 
 __all__ = ["DeviceClient", "Group", "RecordType", "Team", "on_mariadb"]
+
+
+def ledger_entries(device: Any, *, age: Any, count: int) -> list[int]:
+    """Ledger rows received `age` ago, written directly: only their age matters to the purge."""
+    from django.utils import timezone
+
+    from sync.models import LedgerEntry
+
+    received_at = timezone.now() - age
+    return [
+        LedgerEntry.objects.create(
+            device=device,
+            action_id=uuid.uuid4(),
+            fingerprint="0" * 64,
+            op="create",
+            type_key="stock_count",
+            record_id=uuid.uuid4(),
+            status="applied",
+            captured_at=received_at,
+            clock_offset_ms=0,
+            received_at=received_at,
+        ).pk
+        for _ in range(count)
+    ]

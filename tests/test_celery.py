@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,13 +14,12 @@ from typing import Any
 import pytest
 import redis
 from django.db import connection, transaction
-from django.utils import timezone
 
 from config.celery import app as celery_app
 from sync.models import Device, LedgerEntry
 from sync.tasks import purge_expired_ledger_entries
 from tests.celery_worker import Worker, start_worker
-from tests.conftest import DeviceClient
+from tests.conftest import DeviceClient, ledger_entries
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PURGE = "sync.tasks.purge_expired_ledger_entries"
@@ -50,26 +48,6 @@ def worker(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> I
 
 def queued_messages() -> int:
     return int(redis.Redis.from_url(os.environ["REDIS_URL"]).llen("celery"))
-
-
-def ledger_entries(device: Device, *, age: timedelta, count: int) -> list[int]:
-    """Ledger rows received `age` ago. Written directly: only their age matters to the purge."""
-    received_at = timezone.now() - age
-    return [
-        LedgerEntry.objects.create(
-            device=device,
-            action_id=uuid.uuid4(),
-            fingerprint="0" * 64,
-            op="create",
-            type_key="stock_count",
-            record_id=uuid.uuid4(),
-            status="applied",
-            captured_at=received_at,
-            clock_offset_ms=0,
-            received_at=received_at,
-        ).pk
-        for _ in range(count)
-    ]
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = WAIT_SECONDS) -> bool:

@@ -707,32 +707,12 @@ def test_every_applied_action_has_exactly_one_audit_event_and_the_chain_verifies
 def test_the_ledger_purge_deletes_only_expired_entries_in_batches(device_for: Any) -> None:
     from datetime import timedelta
 
-    from django.utils import timezone
-
     from sync.models import Device, LedgerEntry
     from sync.services import purge_expired_ledger_entries
+    from tests.conftest import ledger_entries
 
     device = Device.objects.get(pk=device_for("alice").device_id)
-
-    def entries(age_days: int, count: int) -> list[int]:
-        at = timezone.now() - timedelta(days=age_days)
-        return [
-            LedgerEntry.objects.create(
-                device=device,
-                action_id=uuid.uuid4(),
-                fingerprint="0" * 64,
-                op="create",
-                type_key="stock_count",
-                record_id=uuid.uuid4(),
-                status="applied",
-                captured_at=at,
-                clock_offset_ms=0,
-                received_at=at,
-            ).pk
-            for _ in range(count)
-        ]
-
-    entries(91, 5)
-    fresh = entries(89, 2)
+    ledger_entries(device, age=timedelta(days=91), count=5)
+    fresh = ledger_entries(device, age=timedelta(days=89), count=2)
     assert purge_expired_ledger_entries(batch_size=2) == 5
     assert sorted(LedgerEntry.objects.values_list("pk", flat=True)) == sorted(fresh)
