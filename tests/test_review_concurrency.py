@@ -3,49 +3,25 @@ lock decides, and the loser is told why instead of deciding a second time."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connections
 
 from approvals.models import Review, ReviewState
 from approvals.services import DecisionError, decide_review
 from audit.models import AuditEvent
 from records.models import Record, RecordVersion
+from tests import concurrency
 from tests.reviewing import INSPECTION, inspection_conflict, second_officer, update
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.django_db(transaction=True)]
 
-JOIN_SECONDS = 30
-
 
 def run_together(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls in threads released by one barrier; each returns its value or the
-    DecisionError code it raised."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(index: int, call: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout=JOIN_SECONDS)
-            results[index] = call()
-        except DecisionError as exc:
-            results[index] = exc.code
-        except Exception as exc:  # surfaced by the assertions below, not lost in the thread
-            results[index] = exc
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(i, call), daemon=True) for i, call in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=JOIN_SECONDS)
-    assert not any(thread.is_alive() for thread in threads), "a decision hung (lock wait?)"
-    return results
+    """Run the calls at the same moment; each gives back its value or the DecisionError code."""
+    return [r.code if isinstance(r, DecisionError) else r for r in concurrency.run_together(*calls)]
 
 
 @pytest.mark.parametrize("round_", range(3))

@@ -5,43 +5,18 @@ lock, taken when the form is checked and held until the save commits, decides)."
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connections
 from django.test import Client
 
 from records.models import RecordType
+from tests.concurrency import run_together
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.django_db(transaction=True)]
 
-JOIN_SECONDS = 30
 SHORT = {"type": "string", "minLength": 1, "maxLength": 200}
-
-
-def run_together(*calls: Callable[[], Any]) -> list[Any]:
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(index: int, call: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout=JOIN_SECONDS)
-            results[index] = call()
-        except Exception as exc:  # surfaced by the assertions, not lost in the thread
-            results[index] = exc
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(i, call), daemon=True) for i, call in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=JOIN_SECONDS)
-    assert not any(thread.is_alive() for thread in threads), "a save hung (lock wait?)"
-    return results
 
 
 def officer() -> Client:
