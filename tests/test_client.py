@@ -289,3 +289,29 @@ def test_the_cli_registers_captures_attaches_syncs_and_shows_status(live_server,
     assert cli.main([*home, "status", "--json", "--records"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["pending"] == [] and status["record_states"][record]["version"] == 2
+
+
+def test_a_capture_made_on_an_old_form_is_brought_forward_and_the_device_refreshes_its_forms(phone, user) -> None:
+    import copy
+
+    from records import schemas
+    from records.models import RecordType
+
+    alice = phone()
+    assert alice.record_types()["stock_count"]["version"] == 1
+    captured = alice.capture_create(type_key="stock_count", data=STOCK)  # offline, on form version 1
+
+    # Meanwhile an officer adds a required field, with a default for captures on the old form.
+    stock = RecordType.objects.get(key="stock_count")
+    schema = copy.deepcopy(stock.schema)
+    schema["properties"]["bin"] = {"type": "string", "minLength": 1, "maxLength": 20}
+    schema["required"] = [*schema["required"], "bin"]
+    schemas.change_schema(record_type=stock, schema=schema, rules={"defaults": {"bin": "UNKNOWN"}}, by=user("admin"))
+
+    assert sync(alice).drained
+    sent = json.loads(alice.store.action(captured.action_id).body)
+    assert sent["schema_version"] == 1
+    assert Record.objects.get(pk=captured.record_id).data["bin"] == "UNKNOWN"
+    # The pull said the forms changed, and the device now captures with version 2.
+    assert alice.record_types()["stock_count"]["version"] == 2
+    assert alice.schema_version("stock_count") == 2

@@ -111,10 +111,9 @@ class Device:
         """The user's teams and the record types, cached for offline capture."""
         api = self.api()
         me = api.me()
-        types = api.record_types()
         with self.store.transaction():
             self.store.set_meta("teams", dumps(sorted(team["slug"] for team in me.get("teams", []))))
-            self.store.set_meta("record_types", dumps({t["key"]: t for t in types}))
+        self.refresh_record_types(api)
 
     def teams(self) -> list[str]:
         teams = self.store.meta_json("teams")
@@ -123,6 +122,17 @@ class Device:
     def record_types(self) -> dict[str, Any]:
         types = self.store.meta_json("record_types")
         return dict(types) if isinstance(types, dict) else {}
+
+    def schema_version(self, type_key: str) -> int | None:
+        """The version of the form the user captured with (the cached record type's), so the
+        server can bring an action from an older form forward; None when it is not known."""
+        version = self.record_types().get(type_key, {}).get("version")
+        return version if isinstance(version, int) else None
+
+    def refresh_record_types(self, api: ServerApi) -> None:
+        types = api.record_types()
+        with self.store.transaction():
+            self.store.set_meta("record_types", dumps({t["key"]: t for t in types}))
 
     # --- capture (offline) --------------------------------------------------------------------
 
@@ -158,6 +168,7 @@ class Device:
                 captured_at=iso(self.now()),
                 seen_version=None,
                 after_action=None,
+                schema_version=self.schema_version(type_key),
             )
             self.store.rebuild(record_id)
         return Captured(action_id=action_id, record_id=record_id)
@@ -191,6 +202,7 @@ class Device:
                 captured_at=iso(self.now()),
                 seen_version=record.server_version,
                 after_action=self.store.last_queued_action_for(record_id),
+                schema_version=self.schema_version(record.type),
             )
             self.store.rebuild(record_id)
         return Captured(action_id=action_id, record_id=record_id)

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS actions (
     captured_at TEXT NOT NULL,
     seen_version INTEGER,
     after_action TEXT,
+    schema_version INTEGER,
     body TEXT,
     state TEXT NOT NULL DEFAULT 'queued',
     status TEXT,
@@ -114,6 +115,7 @@ class ActionRow:
     captured_at: str
     seen_version: int | None
     after_action: str | None
+    schema_version: int | None
     body: str | None
     state: str
     status: str | None
@@ -162,6 +164,7 @@ def _action(row: sqlite3.Row) -> ActionRow:
         captured_at=row["captured_at"],
         seen_version=row["seen_version"],
         after_action=row["after_action"],
+        schema_version=row["schema_version"],
         body=row["body"],
         state=row["state"],
         status=row["status"],
@@ -198,6 +201,10 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        # A store made before a column existed gets it (CREATE TABLE IF NOT EXISTS does not add it).
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(actions)")}
+        if "schema_version" not in columns:
+            self.db.execute("ALTER TABLE actions ADD COLUMN schema_version INTEGER")
 
     def close(self) -> None:
         self.db.close()
@@ -334,11 +341,23 @@ class Store:
         captured_at: str,
         seen_version: int | None,
         after_action: str | None,
+        schema_version: int | None = None,
     ) -> None:
         self.db.execute(
-            "INSERT INTO actions (id, op, type, record, team, data, captured_at, seen_version, after_action)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (action_id, op, type_key, record_id, team, dumps(data), captured_at, seen_version, after_action),
+            "INSERT INTO actions (id, op, type, record, team, data, captured_at, seen_version, after_action,"
+            " schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                action_id,
+                op,
+                type_key,
+                record_id,
+                team,
+                dumps(data),
+                captured_at,
+                seen_version,
+                after_action,
+                schema_version,
+            ),
         )
 
     def action(self, action_id: str) -> ActionRow | None:

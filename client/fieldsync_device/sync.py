@@ -311,6 +311,8 @@ class Syncer:
             "record": action.record,
             "captured_at": action.captured_at,
         }
+        if action.schema_version is not None:
+            body["schema_version"] = action.schema_version
         if action.op == "create":
             body["data"] = action.data
             if action.team:
@@ -416,5 +418,8 @@ class Syncer:
                 # page, and re-applying it changes nothing (versions).
                 self.store.set_meta("cursor", str(page["cursor"]))
             pulled += len(changes)
+            if page.get("record_types_changed"):
+                # A form changed on the server: capture with the new one from now on.
+                self.device.refresh_record_types(api)
             if not page.get("has_more"):
                 return pulled
