@@ -28,6 +28,7 @@ from records.services import (
     ReviewRequest,
     apply_change,
     classify,
+    journal,
 )
 
 Decision = Literal["approve", "reject"]
@@ -63,16 +64,12 @@ def open_review(*, actor: Actor, change: Change, request: ReviewRequest) -> Revi
         schema_version=request.record_type.schema_version,
         detail=request.detail,
     )
-    record_event(
+    journal(
+        actor,
+        change,
         verb="review.opened",
-        source=actor.source,
-        actor=actor.user,
-        device_id=actor.device_id,
         object_type="review",
         object_id=review.id,
-        occurred_at=change.captured_at,
-        action_id=change.action_id,
-        request_id=actor.request_id,
         record_type=request.record_type.key,
         team=request.team.slug,
         changes={"record": [None, str(change.record_id)], "op": [None, change.op], "reason": [None, request.reason]},

@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from jsonschema import Draft202012Validator, FormatChecker
 
 from attachments import services as attachments
+from audit.models import AuditEvent
 from audit.services import diff, record_event
 from records import schemas
 from records.models import ConflictPolicy, Record, RecordType, RecordVersion, Team
@@ -110,6 +111,20 @@ class Outcome:
     @property
     def applied(self) -> bool:
         return self.status in ("applied", "merged")
+
+
+def journal(actor: Actor, change: Change, **event: Any) -> AuditEvent:
+    """Journal what `actor` did with `change`: who, from which device and request, the change's
+    (clock-corrected) capture time and action id; `event` says what happened to which object."""
+    return record_event(
+        source=actor.source,
+        actor=actor.user,
+        device_id=actor.device_id,
+        request_id=actor.request_id,
+        occurred_at=change.captured_at,
+        action_id=change.action_id,
+        **event,
+    )
 
 
 class NeedsReview(Exception):
@@ -575,16 +590,12 @@ def _apply_current(actor: Actor, change: Change, record_type: RecordType) -> Out
     if data == record.data:
         # Nothing changes (a repeated edit, or every field lost): journal it, keep the version.
         # Values an old device sent for fields the schema dropped are journalled, not lost.
-        record_event(
+        journal(
+            actor,
+            change,
             verb="record.unchanged",
-            source=actor.source,
-            actor=actor.user,
-            device_id=actor.device_id,
             object_type="record",
             object_id=record.pk,
-            occurred_at=change.captured_at,
-            action_id=change.action_id,
-            request_id=actor.request_id,
             changes=_dropped_changes(change),
             record_type=record_type.key,
             team=record.team.slug,
@@ -705,16 +716,12 @@ def _write(
     changes.update(_dropped_changes(change))
     # Last, so the chain head (and with it the change feed's clock) is locked only for the
     # few statements between here and commit.
-    event = record_event(
+    event = journal(
+        actor,
+        change,
         verb=verb,
-        source=actor.source,
-        actor=actor.user,
-        device_id=actor.device_id,
         object_type="record",
         object_id=record.pk,
-        occurred_at=change.captured_at,
-        action_id=change.action_id,
-        request_id=actor.request_id,
         changes=changes,
         record_type=record.type.key,
         team=record.team.slug,

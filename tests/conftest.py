@@ -122,3 +122,12 @@ def ledger_entries(device: Any, *, age: Any, count: int) -> list[int]:
         ).pk
         for _ in range(count)
     ]
+
+
+def logged_in(username: str) -> Any:
+    """A Django test client with `username`'s admin session."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.get(username=username))
+    return client

@@ -24,17 +24,12 @@ from attachments.models import Attachment, AttachmentLink
 from audit.models import AuditEvent
 from audit.services import record_event
 from sync.models import LedgerEntry
+from tests.conftest import logged_in
 from tests.reviewing import INSPECTION, create, inspection_conflict, push_one, update
 
 TRAIL = "/admin/audit/auditevent/"
 EXPORT = "/admin/audit/auditevent/export/"
 STOCK = {"location": "A1", "sku": "BOLT-8", "counted": 40, "unit": "each"}
-
-
-def logged_in(username: str) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 @pytest.fixture

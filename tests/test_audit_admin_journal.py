@@ -19,15 +19,14 @@ from audit.models import AuditEvent
 from audit.services import record_event
 from records.models import RecordType, Team
 from sync.models import Device
+from tests.conftest import logged_in
 
 SECRET = "Corr3ct-horse-battery"
 
 
 @pytest.fixture
 def admin(demo: None) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username="admin"))
-    return client
+    return logged_in("admin")
 
 
 def journal(verb: str) -> AuditEvent:

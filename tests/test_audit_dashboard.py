@@ -14,15 +14,10 @@ from django.utils import timezone
 
 from attachments.models import Attachment
 from sync.models import Device, LedgerEntry
+from tests.conftest import logged_in
 from tests.reviewing import inspection_conflict
 
 STOCK = {"location": "A1", "sku": "BOLT-8", "counted": 40, "unit": "each"}
-
-
-def logged_in(username: str) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 @pytest.fixture

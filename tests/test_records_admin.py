@@ -9,14 +9,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from records.models import Record, RecordType, RecordVersion, Team
 from sync.models import LedgerEntry
-from tests.conftest import DeviceClient
+from tests.conftest import DeviceClient, logged_in
 
 
 def stock(**fields: Any) -> dict[str, Any]:
@@ -36,12 +35,6 @@ def pushed(device: DeviceClient, type_key: str = "stock_count", data: dict[str, 
     [result] = device.push([action]).json()["results"]
     assert result["status"] == "applied", result
     return Record.objects.get(pk=record)
-
-
-def logged_in(username: str) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 @pytest.fixture

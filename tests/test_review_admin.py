@@ -15,6 +15,7 @@ from django.utils import timezone
 from approvals.models import Review, ReviewState
 from audit.models import AuditEvent
 from records.models import Record, RecordType, RecordVersion, Team
+from tests.conftest import logged_in
 from tests.reviewing import INSPECTION, create, inspection_conflict, review_all_type, second_officer, update
 
 QUEUE = "/admin/approvals/review/"
@@ -22,12 +23,6 @@ QUEUE = "/admin/approvals/review/"
 
 def page(review: Review) -> str:
     return f"/admin/approvals/review/{review.pk}/change/"
-
-
-def logged_in(username: str) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 def messages_of(response: Any) -> list[str]:

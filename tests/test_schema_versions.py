@@ -20,15 +20,9 @@ from django.utils import timezone
 from approvals.models import Review
 from audit.models import AuditEvent
 from records.models import Record, RecordType, RecordTypeVersion, RecordVersion
-from tests.conftest import DeviceClient
+from tests.conftest import DeviceClient, logged_in
 
 SHORT = {"type": "string", "minLength": 1, "maxLength": 200}
-
-
-def logged_in(username: str) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 @pytest.fixture
