@@ -7,6 +7,8 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,17 +83,14 @@ def record_event(
 ) -> AuditEvent:
     """Append one event to the hash chain. Must run inside the caller's transaction: the chain
     head stays locked until that transaction commits, which is what makes `seq` commit-ordered.
-    Callers should call it as late as possible in their transaction to keep that lock short."""
+    Callers should call it as late as possible in their transaction to keep that lock short.
+
+    Inside `staged_journal()` the event is only staged: it gets its seq, time and hashes when
+    `append_staged` writes the batch."""
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction of the change it journals")
-    head = _locked_head()
-    # Read the clock once the lock is held, so recorded_at follows seq (up to clock skew between
-    # app servers) and a date range of the trail is close to a seq range.
-    now = timezone.now()
     event = AuditEvent(
-        seq=head.seq + 1,
-        occurred_at=occurred_at or now,
-        recorded_at=now,
+        occurred_at=occurred_at,
         actor=actor if actor is not None and actor.pk else None,
         actor_username=actor.get_username() if actor is not None else "",
         device_id=device_id,
@@ -105,12 +104,57 @@ def record_event(
         request_id=request_id,
         # Round-trip through JSON so the hash covers exactly what the database will return.
         changes=json.loads(canonical_json(changes or {})),
-        prev_hash=head.hash,
     )
-    event.hash = event_hash(event)
-    event.save()
-    ChainHead.objects.filter(pk=1).update(seq=event.seq, hash=event.hash)
+    staged = _staged.get()
+    if staged is not None:
+        staged.append(event)
+        return event
+    append_staged([event])
     return event
+
+
+_staged: ContextVar[list[AuditEvent] | None] = ContextVar("audit_staged_events", default=None)
+
+
+@contextmanager
+def staged_journal() -> Iterator[list[AuditEvent]]:
+    """Stage the events `record_event` is asked for inside the block, in order, instead of
+    appending each at once; the caller appends them with `append_staged` before it commits. A
+    batch of changes then locks the chain head once, at its end, not from its first change on."""
+    if _staged.get() is not None:
+        raise RuntimeError("staged journals do not nest")
+    events: list[AuditEvent] = []
+    token = _staged.set(events)
+    try:
+        yield events
+    finally:
+        _staged.reset(token)
+
+
+def append_staged(events: list[AuditEvent]) -> None:
+    """Number `events` (in order), chain their hashes and insert them: one locking read of the chain
+    head, one multi-row INSERT, one UPDATE of the head. The head stays locked until commit."""
+    if not events:
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("journal events must be appended inside the transaction of their change")
+    head = _locked_head()
+    # Read the clock once the lock is held, so recorded_at follows seq (up to clock skew between
+    # app servers) and a date range of the trail is close to a seq range.
+    now = timezone.now()
+    seq, prev_hash = head.seq, head.hash
+    for event in events:
+        seq += 1
+        event.seq = seq
+        event.recorded_at = now
+        event.occurred_at = event.occurred_at or now
+        event.prev_hash = prev_hash
+        event.hash = prev_hash = event_hash(event)
+    if len(events) == 1:
+        events[0].save()
+    else:
+        AuditEvent.objects.bulk_create(events)
+    ChainHead.objects.filter(pk=1).update(seq=seq, hash=prev_hash)
 
 
 def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, list[Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from attachments import services as attachments
 from audit.models import AuditEvent
 from audit.services import diff, record_event
-from records import schemas
+from records import batch, schemas
 from records.models import ConflictPolicy, Record, RecordType, RecordVersion, Team
 
 Op = Literal["create", "update", "delete"]
@@ -352,9 +353,15 @@ def _lww_wins(change: Change, record: Record) -> bool:
 def _base_data(record: Record, base_version: int) -> dict[str, Any] | None:
     """The data of an earlier version, in the type's current schema version (compared field by
     field with the current data and the device's proposal, which are)."""
-    row = (
-        RecordVersion.objects.filter(record=record, version=base_version).values_list("data", "schema_version").first()
-    )
+    staged = batch.current()
+    if staged is not None:
+        row = staged.version_data(record, base_version)
+    else:
+        row = (
+            RecordVersion.objects.filter(record=record, version=base_version)
+            .values_list("data", "schema_version")
+            .first()
+        )
     if row is None or not isinstance(row[0], dict):
         return None
     data, _ = schemas.upgrade(record.type, row[0], from_version=row[1], whole=True)
@@ -409,7 +416,9 @@ def _resolve_update(
 def apply_change(*, actor: Actor, change: Change) -> Outcome:
     """Apply one create/update/delete atomically (a savepoint inside the caller's transaction)."""
     try:
-        with transaction.atomic():
+        # In a staged batch nothing is written before every check has passed (records/batch.py),
+        # so a rejection has nothing to undo and needs no savepoint.
+        with transaction.atomic() if batch.current() is None else nullcontext():
             return _apply(actor, change)
     except Rejected as rejected:
         current = rejected.current
@@ -425,7 +434,10 @@ def apply_change(*, actor: Actor, change: Change) -> Outcome:
 
 
 def _apply(actor: Actor, change: Change) -> Outcome:
-    record_type = RecordType.objects.filter(key=change.type_key).first()
+    staged = batch.current()
+    record_type = (
+        staged.record_type(change.type_key) if staged else RecordType.objects.filter(key=change.type_key).first()
+    )
     if record_type is None:
         raise Rejected(
             "unknown_type", f"There is no record type {change.type_key!r}.", fields={"type": ["Unknown record type."]}
@@ -480,7 +492,7 @@ def _schema_upgrade_review(
     }
     if change.op == "create":
         team = _team_for_create(actor, change)
-        existing = Record.objects.select_related("type", "team").filter(pk=change.record_id).first()
+        existing = _existing(change.record_id)
         if existing is not None:
             raise Rejected(
                 "record_exists",
@@ -491,7 +503,8 @@ def _schema_upgrade_review(
         return _pending(change, "schema_upgrade", record_type, team, record=None, detail=detail)
     # Already locked by this transaction (_apply_current got this far to validate the update); no
     # FOR UPDATE here, which with select_related would lock the team row too (see _apply_current).
-    record = Record.objects.select_related("team").get(pk=change.record_id)
+    record = _existing(change.record_id)
+    assert record is not None
     record.type = record_type
     schemas.bring_forward([record])
     return _pending(change, "schema_upgrade", record_type, record.team, record=record, detail=detail)
@@ -505,7 +518,7 @@ def _apply_current(actor: Actor, change: Change, record_type: RecordType) -> Out
         if review_all:
             team = _team_for_create(actor, change)
             _check_schema(record_type, change.data)
-            existing = Record.objects.select_related("type", "team").filter(pk=change.record_id).first()
+            existing = _existing(change.record_id)
             if existing is not None:
                 raise Rejected(
                     "record_exists",
@@ -519,7 +532,11 @@ def _apply_current(actor: Actor, change: Change, record_type: RecordType) -> Out
     # Lock the record row alone. With select_related, FOR UPDATE also locks the joined type and
     # team rows (MariaDB has no FOR UPDATE OF): every write of a type would queue on one row, and
     # decide_review (review row, then record) deadlocked with a push (record, then type row).
-    record = Record.objects.select_for_update().filter(pk=change.record_id).first()
+    staged = batch.current()
+    if staged is not None:
+        record = staged.record(change.record_id)
+    else:
+        record = Record.objects.select_for_update().filter(pk=change.record_id).first()
     if record is None or not _may_write(actor, record):
         raise Rejected(
             "record_not_found", "There is no such record in your teams.", fields={"record": ["Unknown record."]}
@@ -605,6 +622,14 @@ def _apply_current(actor: Actor, change: Change, record_type: RecordType) -> Out
     return _write(actor, change, record, data=data, deleted=False, verb=verb, status=status)
 
 
+def _existing(record_id: uuid.UUID) -> Record | None:
+    """The record with this id, if any (not locked), with its type and team."""
+    staged = batch.current()
+    if staged is not None:
+        return staged.record(record_id)
+    return Record.objects.select_related("type", "team").filter(pk=record_id).first()
+
+
 def _dropped_changes(change: Change) -> dict[str, Any]:
     return {"(dropped)": [change.dropped, None]} if change.dropped else {}
 
@@ -664,12 +689,18 @@ def _create(actor: Actor, change: Change, record_type: RecordType) -> Outcome:
         last_action_id=change.action_id,
         change_seq=0,
     )
+    staged = batch.current()
     try:
-        # The primary key decides whether the record exists; a prior SELECT would race.
-        with transaction.atomic():
-            record.save(force_insert=True)
+        if staged is not None:
+            # The batch locked every record it names up front: it knows which exist.
+            if not staged.insert(record):
+                raise IntegrityError
+        else:
+            # The primary key decides whether the record exists; a prior SELECT would race.
+            with transaction.atomic():
+                record.save(force_insert=True)
     except IntegrityError:
-        existing = Record.objects.select_related("team").filter(pk=change.record_id).first()
+        existing = _existing(change.record_id)
         raise Rejected(
             "record_exists",
             "A record with this id already exists.",
@@ -696,7 +727,7 @@ def _write(
         attachments.link(
             attachment_ids=referenced_attachments(record.type, data), record_id=record.pk, team_id=record.team_id
         )
-    RecordVersion.objects.create(
+    row = RecordVersion(
         record=record,
         version=version,
         data=data,
@@ -710,6 +741,11 @@ def _write(
         action_id=change.action_id,
         captured_at=change.captured_at,
     )
+    staged = batch.current()
+    if staged is not None:
+        staged.add_version(row)
+    else:
+        row.save(force_insert=True)
     changes = diff(before_data, data)
     if change.op == "delete":
         changes = {"deleted": [False, True]}
@@ -734,6 +770,9 @@ def _write(
     record.updated_by_device = actor.device_id
     record.captured_at = max(change.captured_at, record.captured_at) if change.op != "create" else change.captured_at
     record.last_action_id = change.action_id
-    record.change_seq = event.seq
-    record.save()
+    if staged is not None:
+        staged.save(record, event)  # its change_seq is set when the batch's events are numbered
+    else:
+        record.change_seq = event.seq
+        record.save()
     return Outcome(status=status, record_id=record.pk, version=version, data=None if deleted else data, deleted=deleted)

@@ -25,6 +25,7 @@ from approvals.services import open_review, review_decision
 from audit.models import AuditEvent
 from audit.services import canonical_json, record_event
 from records import schemas
+from records.batch import staged_batch
 from records.models import Record, RecordType, Team
 from records.services import Actor, Change, ChangeError, Op, apply_change
 from records.services import Outcome as ChangeOutcome
@@ -150,21 +151,36 @@ class _Duplicate(Exception):
 
 
 def push(*, device: Device, sent_at: datetime, actions: list[Action], request_id: str = "") -> list[dict[str, Any]]:
-    """Apply a device's actions in the order sent, each in its own transaction, and return one
-    result per action. Each result is durable (committed) before this returns."""
+    """Apply a device's actions in the order sent and return one result per action. Each result is
+    durable (committed) before this returns.
+
+    The actions the ledger does not hold yet are applied in one transaction (`_push_batch`),
+    each all-or-nothing within it; if that transaction fails at the database level (a
+    concurrent copy of one of its actions, a deadlock), nothing of it remains and the same
+    actions are applied again one transaction each (`push_one`), where the ledger's unique
+    constraint decides action by action."""
     received_at = timezone.now()
     offset = received_at - sent_at
     actor = Actor.for_device(user=device.user, device_id=device.id, request_id=request_id)
+    stored = _stored_answers(device=device, actions=actions)
+    fresh = [action for action, answer in zip(actions, stored, strict=True) if answer is None]
+    batched: dict[uuid.UUID, dict[str, Any]] = {}
+    if len(fresh) > 1 and len({action.id for action in fresh}) == len(fresh):
+        batched = _push_batch(device=device, actor=actor, actions=fresh, offset=offset, received_at=received_at)
     rejected_creates: set[uuid.UUID] = set()
     results = []
-    for action, stored in zip(actions, _stored_answers(device=device, actions=actions), strict=True):
-        result = stored or push_one(
-            device=device,
-            actor=actor,
-            action=action,
-            offset=offset,
-            received_at=received_at,
-            rejected_creates=rejected_creates,
+    for action, answer in zip(actions, stored, strict=True):
+        result = (
+            answer
+            or batched.get(action.id)
+            or push_one(
+                device=device,
+                actor=actor,
+                action=action,
+                offset=offset,
+                received_at=received_at,
+                rejected_creates=rejected_creates,
+            )
         )
         if action.op == "create" and result["status"] == "rejected" and not result["replayed"]:
             rejected_creates.add(action.record)
@@ -204,6 +220,93 @@ def push_one(**kwargs: Any) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def _push_batch(
+    *, device: Device, actor: Actor, actions: list[Action], offset: timedelta, received_at: datetime
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Apply `actions` (none in the ledger yet, no action id twice) in one transaction, with their
+    writes staged and written together at the end (records/batch.py), and return their results by
+    action id; or {} if the database refused the transaction, which then left nothing behind."""
+    rejected_creates: set[uuid.UUID] = set()
+    results: dict[uuid.UUID, dict[str, Any]] = {}
+    entries = []
+    try:
+        with (
+            transaction.atomic(),
+            staged_batch(
+                record_ids={action.record for action in actions},
+                type_keys={action.type for action in actions},
+                teams=list((actor.teams or {}).values()),
+            ),
+        ):
+            for action in actions:
+                entry = _ledger_entry(device=device, action=action, offset=offset, received_at=received_at)
+                result = _apply_action(
+                    actor=actor,
+                    action=action,
+                    captured_at=corrected_capture_time(action.captured_at, offset=offset, received_at=received_at),
+                    rejected_creates=rejected_creates,
+                )
+                if action.op == "create" and result["status"] == "rejected":
+                    rejected_creates.add(action.record)
+                _settle(entry, result)
+                entries.append(entry)
+                results[action.id] = result
+            # Before the records and the journal: a concurrent copy of one of these actions (a
+            # retry sent while this batch is applied) waits here on the unique key, and then
+            # fails the batch, which is applied again action by action.
+            LedgerEntry.objects.bulk_create(entries)
+    except (IntegrityError, OperationalError) as exc:
+        if isinstance(exc, OperationalError) and (exc.args[0] if exc.args else None) not in _RETRYABLE_MYSQL_ERRORS:
+            raise
+        return {}
+    return results
+
+
+def _ledger_entry(*, device: Device, action: Action, offset: timedelta, received_at: datetime) -> LedgerEntry:
+    return LedgerEntry(
+        device=device,
+        action_id=action.id,
+        fingerprint=action.fingerprint,
+        op=action.op,
+        type_key=action.type,
+        record_id=action.record,
+        captured_at=action.captured_at,
+        clock_offset_ms=int(offset / timedelta(milliseconds=1)),
+        received_at=received_at,
+    )
+
+
+def _settle(entry: LedgerEntry, result: dict[str, Any]) -> None:
+    entry.status = result["status"]
+    entry.error_code = result["error"]["code"] if result["error"] else ""
+    entry.result = result
+
+
+def _apply_action(
+    *, actor: Actor, action: Action, captured_at: datetime, rejected_creates: set[uuid.UUID]
+) -> dict[str, Any]:
+    """Apply one action (the ledger entry is the caller's) and open its review if it waits for one."""
+    if action.op != "create" and action.record in rejected_creates:
+        return _rejected(action, "create_rejected", "This record's create was rejected earlier in the batch.")
+    change = Change(
+        op=action.op,
+        record_id=action.record,
+        type_key=action.type,
+        data=action.data,
+        captured_at=captured_at,
+        base_version=action.base_version,
+        team_slug=action.team,
+        action_id=action.id,
+        schema_version=action.schema_version,
+    )
+    outcome = apply_change(actor=actor, change=change)
+    result = _result(action.id, outcome)
+    if outcome.review is not None:
+        review = open_review(actor=actor, change=change, request=outcome.review)
+        result["review"] = str(review.id)
+    return result
+
+
 def _push_once(
     *,
     device: Device,
@@ -213,7 +316,7 @@ def _push_once(
     received_at: datetime,
     rejected_creates: set[uuid.UUID],
 ) -> dict[str, Any]:
-    fingerprint = action.fingerprint
+    entry = _ledger_entry(device=device, action=action, offset=offset, received_at=received_at)
     captured_at = corrected_capture_time(action.captured_at, offset=offset, received_at=received_at)
     try:
         with transaction.atomic():
@@ -221,45 +324,17 @@ def _push_once(
                 # Insert first: the unique (device, action id) constraint decides who applies. It is
                 # the transaction's first statement, so a duplicate has nothing to undo but the
                 # transaction itself: no savepoint (two round trips per action) is needed.
-                entry = LedgerEntry.objects.create(
-                    device=device,
-                    action_id=action.id,
-                    fingerprint=fingerprint,
-                    op=action.op,
-                    type_key=action.type,
-                    record_id=action.record,
-                    captured_at=action.captured_at,
-                    clock_offset_ms=int(offset / timedelta(milliseconds=1)),
-                    received_at=received_at,
-                )
+                entry.save(force_insert=True)
             except IntegrityError:
                 raise _Duplicate from None
-            if action.op != "create" and action.record in rejected_creates:
-                result = _rejected(action, "create_rejected", "This record's create was rejected earlier in the batch.")
-            else:
-                change = Change(
-                    op=action.op,
-                    record_id=action.record,
-                    type_key=action.type,
-                    data=action.data,
-                    captured_at=captured_at,
-                    base_version=action.base_version,
-                    team_slug=action.team,
-                    action_id=action.id,
-                    schema_version=action.schema_version,
-                )
-                outcome = apply_change(actor=actor, change=change)
-                result = _result(action.id, outcome)
-                if outcome.review is not None:
-                    review = open_review(actor=actor, change=change, request=outcome.review)
-                    result["review"] = str(review.id)
-            entry.status = result["status"]
-            entry.error_code = result["error"]["code"] if result["error"] else ""
-            entry.result = result
+            result = _apply_action(
+                actor=actor, action=action, captured_at=captured_at, rejected_creates=rejected_creates
+            )
+            _settle(entry, result)
             entry.save(update_fields=["status", "error_code", "result"])
             return result
     except _Duplicate:
-        return _replay(device=device, action=action, fingerprint=fingerprint)
+        return _replay(device=device, action=action, fingerprint=entry.fingerprint)
 
 
 def _replay(*, device: Device, action: Action, fingerprint: str) -> dict[str, Any]:
