@@ -3,19 +3,16 @@
 - `NaiveRecordViewSet`: the endpoint a first version would have: a plain DRF ModelViewSet that
   creates one record per request. No idempotency ledger, no version history, no audit journal, no
   schema validation, no conflict handling.
-- `OneTransactionPushView`: the real push (same view, same services), wrapped in one
-  transaction for the whole batch, so each action's own `transaction.atomic()` becomes a savepoint
-  inside it: the other choice DESIGN invariant 3 allows. Only the commit structure differs.
+- `PerActionPushView`: the real push (same view, same services) without the staged batch: each
+  action in its own transaction, with its own ledger insert, journal append and commit. What
+  push did before records/batch.py; kept to measure the batch against.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from rest_framework import serializers, viewsets
-from rest_framework.request import Request
-from rest_framework.response import Response
 
 from records.models import Record
 from sync.api import PushView
@@ -37,7 +34,5 @@ class NaiveRecordViewSet(viewsets.ModelViewSet):
         serializer.save(change_seq=0)
 
 
-class OneTransactionPushView(PushView):
-    def post(self, request: Request) -> Response:
-        with transaction.atomic():
-            return super().post(request)
+class PerActionPushView(PushView):
+    staged = False

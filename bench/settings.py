@@ -1,5 +1,5 @@
 """Settings for `make bench` only: the project's settings, plus the bench's own URLs (the naive
-peer and the one-transaction variant of push, bench/peers.py). Never used by the app or the tests."""
+peer and the transaction-per-action variant of push, bench/peers.py). Never used by the app or the tests."""
 
 from config.settings import *  # noqa: F403
 

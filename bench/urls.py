@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from bench.peers import NaiveRecordViewSet, OneTransactionPushView
+from bench.peers import NaiveRecordViewSet, PerActionPushView
 from config.urls import handler404, handler500
 from config.urls import urlpatterns as project_urls
 
@@ -12,7 +12,7 @@ router.register("bench/naive/records", NaiveRecordViewSet, basename="naive-recor
 
 urlpatterns = [
     *project_urls,
-    path("bench/push-one-transaction", OneTransactionPushView.as_view(), name="bench-push-one-transaction"),
+    path("bench/push-per-action", PerActionPushView.as_view(), name="bench-push-per-action"),
     *router.urls,
 ]
 

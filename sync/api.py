@@ -227,6 +227,9 @@ class MeView(APIView):
 
 
 class PushView(APIView):
+    # A push's new actions apply in one transaction with staged writes (sync.services.push).
+    staged = True
+
     @extend_schema(
         request=PushIn,
         responses={200: PushOut, **ERRORS, 411: ErrorSerializer, 415: ErrorSerializer},
@@ -265,7 +268,11 @@ class PushView(APIView):
             for a, raw in zip(body["actions"], data["actions"], strict=True)
         ]
         results = push(
-            device=_device(request), sent_at=body["sent_at"], actions=actions, request_id=request_id(request)
+            device=_device(request),
+            sent_at=body["sent_at"],
+            actions=actions,
+            request_id=request_id(request),
+            staged=self.staged,
         )
         return Response({"results": results})
 

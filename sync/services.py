@@ -150,7 +150,9 @@ class _Duplicate(Exception):
     pass
 
 
-def push(*, device: Device, sent_at: datetime, actions: list[Action], request_id: str = "") -> list[dict[str, Any]]:
+def push(
+    *, device: Device, sent_at: datetime, actions: list[Action], request_id: str = "", staged: bool = True
+) -> list[dict[str, Any]]:
     """Apply a device's actions in the order sent and return one result per action. Each result is
     durable (committed) before this returns.
 
@@ -158,14 +160,15 @@ def push(*, device: Device, sent_at: datetime, actions: list[Action], request_id
     each all-or-nothing within it; if that transaction fails at the database level (a
     concurrent copy of one of its actions, a deadlock), nothing of it remains and the same
     actions are applied again one transaction each (`push_one`), where the ledger's unique
-    constraint decides action by action."""
+    constraint decides action by action. `staged=False` skips the batch transaction (the bench
+    measures that path against it)."""
     received_at = timezone.now()
     offset = received_at - sent_at
     actor = Actor.for_device(user=device.user, device_id=device.id, request_id=request_id)
     stored = _stored_answers(device=device, actions=actions)
     fresh = [action for action, answer in zip(actions, stored, strict=True) if answer is None]
     batched: dict[uuid.UUID, dict[str, Any]] = {}
-    if len(fresh) > 1 and len({action.id for action in fresh}) == len(fresh):
+    if staged and len(fresh) > 1 and len({action.id for action in fresh}) == len(fresh):
         batched = _push_batch(device=device, actor=actor, actions=fresh, offset=offset, received_at=received_at)
     rejected_creates: set[uuid.UUID] = set()
     results = []
