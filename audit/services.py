@@ -90,7 +90,8 @@ def record_event(
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction of the change it journals")
     event = AuditEvent(
-        occurred_at=occurred_at,
+        # Unset (None) until append_staged: then "now", the time the event is recorded.
+        **({"occurred_at": occurred_at} if occurred_at is not None else {}),
         actor=actor if actor is not None and actor.pk else None,
         actor_username=actor.get_username() if actor is not None else "",
         device_id=device_id,

@@ -487,19 +487,31 @@ class Bench:
                     assert len(answer.json()["changes"]) == 1000
 
                 def raw(team_ids: list[int] = team_ids, after: int = after) -> None:
+                    # The query shape pull uses (sync.services.pull): where the page ends, one
+                    # index-only read per team, then the page's rows in that bounded range.
                     cursor = self.conn.cursor()
+                    seqs: list[int] = []
+                    for team_id in team_ids:
+                        cursor.execute(
+                            "SELECT change_seq FROM records_record WHERE team_id = %s AND change_seq > %s"
+                            " ORDER BY change_seq LIMIT 1001",
+                            (team_id, after),
+                        )
+                        seqs.extend(row[0] for row in cursor.fetchall())
+                    last = sorted(seqs)[999]
                     marks = ",".join(["%s"] * len(team_ids))
                     cursor.execute(
                         "SELECT r.id, r.version, r.deleted, r.data, r.updated_at, r.change_seq, t.`key`, m.slug"
                         " FROM records_record r JOIN records_recordtype t ON t.id = r.type_id"
                         " JOIN records_team m ON m.id = r.team_id"
-                        f" WHERE r.team_id IN ({marks}) AND r.change_seq > %s ORDER BY r.change_seq LIMIT 1001",
-                        (*team_ids, after),
+                        f" WHERE r.team_id IN ({marks}) AND r.change_seq > %s AND r.change_seq <= %s"
+                        " ORDER BY r.change_seq LIMIT 1000",
+                        (*team_ids, after, last),
                     )
                     rows = cursor.fetchall()
                     cursor.close()
                     self.conn.commit()
-                    assert len(rows) == 1001
+                    assert len(rows) == 1000
 
                 teams = "one team" if len(team_ids) == 1 else f"{len(team_ids)} teams"
                 key = f"{username}'s device ({teams}), {where}"

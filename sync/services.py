@@ -486,18 +486,35 @@ def pull(*, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
     teams = dict(Team.objects.filter(members=user).values_list("pk", "slug"))
     team_ids = list(teams)
     after = decode_cursor(cursor, team_ids) if cursor else 0
-    # The page reads the (team, change_seq) index alone; types and teams are joined here. With them
-    # joined in SQL, MariaDB reads the tiny type table first through a join buffer, which loses the
-    # feed's order: it then sorted every record of the user's teams to serve one page.
+    # First where the page ends: the change_seqs after the cursor, one index-only range read of
+    # the (team, change_seq) index per team, each stopping after the page. Then the page's rows
+    # with that end as an upper bound. Asked for the rows with no upper bound, MariaDB rejects the
+    # range (InnoDB estimates any long range at half the table, and fetching those rows would
+    # cost more than a scan) and reads the index by team alone, the cursor only filtering: every
+    # entry of the team before the cursor, again for each page, so a page mid-feed grew with the
+    # table. A bounded range is estimated at the page and read as one. A single first query for
+    # several teams would sort all their entries after the cursor.
+    seqs: list[int] = []
+    for team_id in team_ids:
+        seqs.extend(
+            Record.objects.filter(team_id=team_id, change_seq__gt=after)
+            .order_by("change_seq")
+            .values_list("change_seq", flat=True)[: limit + 1]
+        )
+    seqs.sort()
+    has_more = len(seqs) > limit
+    last = seqs[min(limit, len(seqs)) - 1] if seqs else after
+    # Seqs are handed out in commit order, so nothing can commit into (after, last] any more; a
+    # record written since the first query has moved past `last` and comes on a later page.
+    # Types and teams are mapped here, not joined: with them joined in SQL, MariaDB reads the tiny
+    # type table first through a join buffer, which loses the feed's order.
     rows = list(
-        Record.objects.filter(team_id__in=team_ids, change_seq__gt=after)
+        Record.objects.filter(team_id__in=team_ids, change_seq__gt=after, change_seq__lte=last)
         .order_by("change_seq")
         .only("id", "type_id", "team_id", "version", "deleted", "data", "schema_version", "updated_at", "change_seq")[
-            : limit + 1
+            :limit
         ]
     )
-    has_more = len(rows) > limit
-    rows = rows[:limit]
     types = RecordType.objects.only("id", "key", "schema_version").in_bulk({row.type_id for row in rows})
     # Served in each type's current schema version, whatever version a row is stored in.
     schemas.bring_forward([row for row in rows if not row.deleted], types=types)
@@ -513,7 +530,6 @@ def pull(*, user: User, cursor: str | None, limit: int) -> dict[str, Any]:
         }
         for row in rows
     ]
-    last = rows[-1].change_seq if rows else after
     return {"changes": changes, "cursor": encode_cursor(last, team_ids), "has_more": has_more}
 
 

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from approvals.models import Review
@@ -238,3 +238,50 @@ def test_another_device_is_not_held_up_while_a_batch_applies_and_no_pull_skips_e
     assert [c["record"] for c in between["changes"]] == [bob_action["record"]]
     after = reader.pull(between["cursor"]).json()
     assert [c["record"] for c in after["changes"]] == [a["record"] for a in alice_actions]
+
+
+def test_a_batch_chosen_as_a_deadlock_victim_is_applied_again_action_by_action(
+    device_for: Any, monkeypatch: Any
+) -> None:
+    device = device_for("alice")
+    write = records_batch.StagedBatch.write
+    victims = []
+
+    def deadlock_once(self: records_batch.StagedBatch) -> None:
+        if not victims:
+            victims.append(1)
+            raise OperationalError(1213, "Deadlock found when trying to get lock; try restarting transaction")
+        write(self)
+
+    monkeypatch.setattr(records_batch.StagedBatch, "write", deadlock_once)
+    actions = [create(), create()]
+    assert [r["status"] for r in results(device.push(actions))] == ["applied", "applied"]
+    assert victims == [1]
+    assert Record.objects.filter(pk__in=[a["record"] for a in actions]).count() == 2
+    assert LedgerEntry.objects.filter(device_id=device.device_id).count() == 2
+
+
+def test_an_action_chosen_as_a_deadlock_victim_is_retried_in_a_new_transaction(
+    device_for: Any, monkeypatch: Any
+) -> None:
+    """The per-action path (a push with one new action, or a batch's fallback): MariaDB rolled
+    the whole transaction back, ledger entry included, so the action is applied again."""
+    device = device_for("alice")
+    apply = sync_services.apply_change
+    victims = []
+
+    def deadlock_once(**kwargs: Any) -> Any:
+        outcome = apply(**kwargs)
+        if not victims:
+            victims.append(1)
+            raise OperationalError(1205, "Lock wait timeout exceeded; try restarting transaction")
+        return outcome
+
+    monkeypatch.setattr(sync_services, "apply_change", deadlock_once)
+    action = create()
+    [result] = results(device.push([action]))
+    assert (result["status"], result["version"], result["replayed"]) == ("applied", 1, False)
+    assert victims == [1]
+    assert Record.objects.filter(pk=action["record"]).count() == 1
+    assert LedgerEntry.objects.get(device_id=device.device_id).status == "applied"
+    assert AuditEvent.objects.filter(action_id=action["id"]).count() == 1
