@@ -285,3 +285,33 @@ def test_an_action_chosen_as_a_deadlock_victim_is_retried_in_a_new_transaction(
     assert Record.objects.filter(pk=action["record"]).count() == 1
     assert LedgerEntry.objects.get(device_id=device.device_id).status == "applied"
     assert AuditEvent.objects.filter(action_id=action["id"]).count() == 1
+
+
+def test_a_batch_writes_every_column_of_the_records_it_changes(device_for: Any) -> None:
+    """Records that existed before the batch are written back by one multi-row UPDATE: each
+    column an update or a delete sets must land, as the per-action path's save() did."""
+    alice, bob = device_for("alice"), device_for("bob")
+    a, b = create(), create()
+    results(alice.push([a, b]))
+    before = {r.pk: r for r in Record.objects.filter(pk__in=[a["record"], b["record"]])}
+
+    edit, remove = update(a["record"], 1, {"counted": 3}), delete(b["record"], 1)
+    answers = results(bob.push([edit, remove]))
+    assert [(r["status"], r["version"]) for r in answers] == [("applied", 2), ("applied", 2)]
+
+    edited = Record.objects.get(pk=a["record"])
+    assert edited.data["counted"] == 3 and edited.version == 2 and not edited.deleted
+    assert edited.updated_by is not None and edited.updated_by.username == "bob"
+    assert edited.updated_by_device == bob.device_id
+    assert str(edited.last_action_id) == edit["id"]
+    assert edited.captured_at > before[edited.pk].captured_at
+    assert edited.updated_at > before[edited.pk].updated_at
+    assert edited.created_by_device == alice.device_id  # untouched
+    removed = Record.objects.get(pk=b["record"])
+    assert removed.deleted and removed.version == 2 and str(removed.last_action_id) == remove["id"]
+    seqs = dict(AuditEvent.objects.filter(action_id__in=[edit["id"], remove["id"]]).values_list("object_id", "seq"))
+    assert edited.change_seq == seqs[a["record"]] and removed.change_seq == seqs[b["record"]]
+    assert list(RecordVersion.objects.filter(record_id=b["record"]).order_by("version").values_list("deleted")) == [
+        (False,),
+        (True,),
+    ]
