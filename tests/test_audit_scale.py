@@ -26,6 +26,7 @@ from django.utils import timezone
 
 import audit.admin
 from audit.models import AuditEvent
+from tests.plans import analyze, tables
 
 pytestmark = pytest.mark.mariadb
 
@@ -80,27 +81,6 @@ def big_journal(django_db_setup: None, django_db_blocker: Any) -> Any:
             cursor.fetchall()
         yield {"devices": devices, "records": records}
         call_command("flush", interactive=False, verbosity=0, reset_sequences=False)
-
-
-def analyze(sql: str, params: Any = None) -> dict[str, Any]:
-    """MariaDB's ANALYZE: the plan, plus what executing it actually read (r_rows)."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE FORMAT=JSON {sql}", params)
-        return json.loads(cursor.fetchone()[0])
-
-
-def tables(plan: Any) -> list[dict[str, Any]]:
-    """Every table access in a plan, however nested."""
-    found = []
-    if isinstance(plan, dict):
-        if "table_name" in plan:
-            found.append(plan)
-        for value in plan.values():
-            found.extend(tables(value))
-    elif isinstance(plan, list):
-        for value in plan:
-            found.extend(tables(value))
-    return found
 
 
 def audit_queries(client: Client, params: dict[str, Any]) -> list[str]:

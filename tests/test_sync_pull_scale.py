@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from records.models import Record, RecordType, Team
 from sync.services import encode_cursor, pull
+from tests.plans import analyze, tables
 
 pytestmark = pytest.mark.mariadb
 
@@ -57,19 +58,6 @@ def big_feed(django_db_setup: None, django_db_blocker: Any) -> Any:
         call_command("flush", interactive=False, verbosity=0, reset_sequences=False)
 
 
-def tables(plan: Any) -> list[dict[str, Any]]:
-    found = []
-    if isinstance(plan, dict):
-        if "table_name" in plan:
-            found.append(plan)
-        for value in plan.values():
-            found.extend(tables(value))
-    elif isinstance(plan, list):
-        for value in plan:
-            found.extend(tables(value))
-    return found
-
-
 @pytest.mark.parametrize("username", ["alice", "olivia"])
 @pytest.mark.parametrize("where", [0.0, 0.5])
 def test_a_page_reads_the_feed_from_the_cursor(big_feed: None, db: None, username: str, where: float) -> None:
@@ -83,9 +71,7 @@ def test_a_page_reads_the_feed_from_the_cursor(big_feed: None, db: None, usernam
     queries = [q["sql"] for q in captured.captured_queries if "FROM `records_record`" in q["sql"]]
     assert queries
     for sql in queries:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE FORMAT=JSON {sql}")
-            plan = json.loads(cursor.fetchone()[0])
+        plan = analyze(sql)
         [access] = [t for t in tables(plan) if t["table_name"] == "records_record"]
         text = json.dumps(plan)
         # A `ref` on team_id alone would walk the team's entries before the cursor (the index
