@@ -17,6 +17,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 import approvals.services
+import records.batch
 import records.services
 import sync.services
 from approvals.models import Review, ReviewState
@@ -163,6 +164,31 @@ def test_a_device_write_whose_journal_entry_fails_leaves_no_record_and_no_ledger
 
     assert not Record.objects.filter(pk=record).exists()
     assert not LedgerEntry.objects.filter(action_id=action["id"]).exists()
+
+
+def test_a_batch_whose_journal_entries_fail_leaves_none_of_its_records_or_ledger_rows(device_for, monkeypatch) -> None:
+    """A push of several actions stages its events and appends them at the end
+    (records/batch.py): if that append fails, the whole batch rolls back with it."""
+    alice = device_for("alice")
+    monkeypatch.setattr(records.batch, "append_staged", journal_fails)
+    actions = [
+        {
+            "id": str(uuid.uuid4()),
+            "op": "create",
+            "type": "stock_count",
+            "record": str(uuid.uuid4()),
+            "data": STOCK,
+            "captured_at": timezone.now().isoformat(),
+        }
+        for _ in range(3)
+    ]
+
+    with pytest.raises(JournalDown):
+        alice.push(actions)
+
+    assert not Record.objects.filter(pk__in=[a["record"] for a in actions]).exists()
+    assert not LedgerEntry.objects.filter(device_id=alice.device_id).exists()
+    assert not AuditEvent.objects.filter(action_id__in=[a["id"] for a in actions]).exists()
 
 
 def test_a_review_whose_journal_entry_fails_is_not_opened(device_for, monkeypatch) -> None:
