@@ -135,12 +135,20 @@ class FaultProxy:
         length: int,
         rate: int,
         sink: bytearray | None = None,
+        reset_is_eof: bool = False,
     ) -> int:
-        """Copy `length` bytes (or until EOF when length < 0); returns the bytes copied."""
+        """Copy `length` bytes (or until EOF when length < 0); returns the bytes copied. With
+        `reset_is_eof`, a reader reset before the first byte counts as an EOF: an app server killed
+        -9 before it had read the whole request resets the connection instead of closing it."""
         copied = 0
         while length < 0 or copied < length:
             want = PIECE if length < 0 else min(PIECE, length - copied)
-            piece = await asyncio.wait_for(reader.read(want), timeout=READ_TIMEOUT)
+            try:
+                piece = await asyncio.wait_for(reader.read(want), timeout=READ_TIMEOUT)
+            except ConnectionResetError:
+                if copied or not reset_is_eof:
+                    raise
+                break
             if not piece:
                 break
             writer.write(piece)
@@ -201,15 +209,19 @@ class FaultProxy:
 
             if drop:
                 response = b""
-                while piece := await asyncio.wait_for(upstream_reader.read(PIECE), timeout=READ_TIMEOUT):
-                    response += piece
+                try:
+                    while piece := await asyncio.wait_for(upstream_reader.read(PIECE), timeout=READ_TIMEOUT):
+                        response += piece
+                except ConnectionResetError:
+                    if response:
+                        raise
                 if response:
                     self.counters[f"drop_{kind}"] += 1
                 else:
                     self.counters[f"upstream_lost_{kind}"] += 1
                 _reset(client_writer)
                 return
-            copied = await self._copy(upstream_reader, client_writer, -1, rate)
+            copied = await self._copy(upstream_reader, client_writer, -1, rate, reset_is_eof=True)
             if copied == 0:
                 # The app server died with the request in flight (kill -9): the client sees a reset.
                 self.counters[f"upstream_lost_{kind}"] += 1
