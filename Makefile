@@ -57,7 +57,7 @@ test-browser: venv
 test: lint typecheck test-sqlite test-mariadb
 
 # Benchmarks, not part of `make test`: MariaDB + Redis on 127.0.0.1 (own database bench_fieldsync,
-# Redis DB 8, gunicorn on 8700-8799), about 10 minutes; prints a table, writes docs/benchmarks.md.
+# Redis DB 8, gunicorn on 8700-8799), 3-7 minutes; prints a table, writes docs/benchmarks.md.
 bench: venv
 	$(PY) -m bench.run
 
