@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import Review, ReviewState
+from attachments import services as attachments
 from audit.services import record_event
 from records import schemas
 from records.models import Record, RecordType, RecordVersion
@@ -29,6 +30,7 @@ from records.services import (
     apply_change,
     classify,
     journal,
+    referenced_attachments,
 )
 
 Decision = Literal["approve", "reject"]
@@ -44,7 +46,8 @@ class DecisionError(Exception):
 
 
 def open_review(*, actor: Actor, change: Change, request: ReviewRequest) -> Review:
-    """Record the waiting action (in the caller's transaction, beside its ledger entry)."""
+    """Record the waiting action (in the caller's transaction, beside its ledger entry). The files
+    its proposal references are held from the sweeper until it is decided: nothing links them yet."""
     review = Review.objects.create(
         reason=request.reason,
         record_type=request.record_type,
@@ -74,6 +77,7 @@ def open_review(*, actor: Actor, change: Change, request: ReviewRequest) -> Revi
         team=request.team.slug,
         changes={"record": [None, str(change.record_id)], "op": [None, change.op], "reason": [None, request.reason]},
     )
+    attachments.hold(review_id=review.id, attachment_ids=referenced_attachments(request.record_type, request.proposed))
     return review
 
 
@@ -194,12 +198,13 @@ def decide_review(
             state, result_version = _apply_decision(review, record, officer, choices or {})
         review.state = state
         review.decided_by = officer
-        review.decided_at = timezone.now()
+        review.decided_at = decided_at = timezone.now()
         review.decided_on_version = current_version
         review.note = note
         review.resolution = {k: v for k, v in (choices or {}).items()} or None
         review.result_version = result_version
         review.save()
+        attachments.release(review_id=review.id, at=decided_at)
         record_event(
             verb="review.decided",
             source="approval",

@@ -87,3 +87,22 @@ class AttachmentLink(models.Model):
 
     def __str__(self) -> str:
         return f"{self.attachment_id} -> {self.record_id}"
+
+
+class AttachmentHold(models.Model):
+    """A review waiting for an officer whose proposal references the attachment: the sweeper
+    keeps the file while the review is pending (`released_at` empty), and for
+    ATTACHMENT_UNLINKED_GRACE after its decision (an approval that takes the file up links it).
+    Ids only: `attachments` does not import `approvals`, and the review may name a file that is
+    still being uploaded, or never will be."""
+
+    attachment_id = models.UUIDField(db_index=True)
+    review_id = models.UUIDField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    released_at = models.DateTimeField(null=True, blank=True, help_text="When the review was decided.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["review_id", "attachment_id"], name="attachment_hold_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.attachment_id} held by review {self.review_id}"

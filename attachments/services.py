@@ -23,14 +23,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 from pathvalidate import sanitize_filename
 
 from attachments import files
 from attachments.inspection import Verdict, inspect_file, normalise_type
-from attachments.models import Attachment, AttachmentLink, State
+from attachments.models import Attachment, AttachmentHold, AttachmentLink, State
 from audit.services import record_event
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -128,7 +128,11 @@ def upload_simple(
 ) -> tuple[Attachment, bool]:
     """Store a whole file sent in one request. Returns (attachment, created). The same id with the
     same sha256 returns the original (without reading the body again); another sha256 is a
-    conflict. The bytes must hash to `sha256`, or nothing is stored."""
+    conflict. The bytes must hash to `sha256`, or nothing is stored.
+
+    The row is written (state `uploading`, with the storage key and an expiry) before the bytes
+    go to storage, and marked uploaded after: a crash in between leaves a row that names the
+    object, which the sweeper's expiry deletes with it, or that a retry of the PUT takes over."""
     sha256 = check_sha256(sha256, field="X-Sha256")
     declared_type = normalise_type(content_type)
     if not declared_type or declared_type == "application/octet-stream":
@@ -140,7 +144,7 @@ def upload_simple(
             status=413,
         )
     existing = Attachment.objects.filter(pk=attachment_id).first()
-    if existing is not None:
+    if existing is not None and not _abandoned_store(existing, owner=owner, sha256=sha256, now=timezone.now()):
         return _replay(existing, owner=owner, sha256=sha256), False
 
     with files.temporary_file() as tmp:
@@ -159,39 +163,124 @@ def upload_simple(
                 fields={"X-Sha256": ["Does not match the body."]},
             )
         files.fsync(tmp)
-        key = files.save(files.new_storage_key(attachment_id), Path(tmp.name))
-
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            attachment = Attachment.objects.create(
-                id=attachment_id,
+        token = uuid.uuid4()
+        try:
+            attachment = _start_store(
+                attachment_id=attachment_id,
                 owner=owner,
                 device_id=device_id,
-                filename=clean_filename(filename),
-                storage_key=key,
-                declared_size=length,
+                filename=filename,
                 declared_type=declared_type,
-                declared_sha256=sha256,
-                received=length,
-                computed_sha256=sha256,
-                state=State.UPLOADED,
-                uploaded_at=now,
+                sha256=sha256,
+                length=length,
+                token=token,
             )
-            _journal_uploaded(attachment, actor=owner)
+        except IntegrityError:
+            # The same id won a race with us: the primary key decided. Answer like a replay.
+            return _replay(Attachment.objects.get(pk=attachment_id), owner=owner, sha256=sha256), False
+        try:
+            key = files.save(attachment.storage_key, Path(tmp.name))
+        except BaseException:
+            _abandon_store(attachment.pk, token=token, key=attachment.storage_key)
+            raise
+    return _finish_store(attachment.pk, token=token, key=key), True
+
+
+def _storing(attachment: Attachment) -> bool:
+    """A simple upload between its row and its stored bytes: every byte arrived and matched (a
+    tus upload sets `computed_sha256` only when it leaves `uploading`)."""
+    return attachment.state == State.UPLOADING and bool(attachment.computed_sha256)
+
+
+def _abandoned_store(attachment: Attachment, *, owner: User, sha256: str, now: datetime) -> bool:
+    """A simple upload of these bytes whose request died before it finished (its lease ran out):
+    a retry of the PUT takes it over."""
+    return (
+        _storing(attachment)
+        and attachment.owner_id == owner.pk
+        and attachment.declared_sha256 == sha256
+        and (attachment.patch_until is None or attachment.patch_until < now)
+    )
+
+
+def _start_store(
+    *,
+    attachment_id: uuid.UUID,
+    owner: User,
+    device_id: uuid.UUID | None,
+    filename: str,
+    declared_type: str,
+    sha256: str,
+    length: int,
+    token: uuid.UUID,
+) -> Attachment:
+    """The row of a simple upload whose bytes are about to be stored: `uploading`, naming the
+    storage key, expiring like a tus upload, and leased to this request (the sweeper and a
+    retry leave it alone while the lease lasts)."""
+    now = timezone.now()
+    with transaction.atomic():
+        stale = Attachment.objects.select_for_update().filter(pk=attachment_id).first()
+        if stale is not None:
+            if not _abandoned_store(stale, owner=owner, sha256=sha256, now=now):
+                raise IntegrityError("the attachment id was taken meanwhile")
+            _delete_row(stale, [stale.storage_key])
+        return Attachment.objects.create(
+            id=attachment_id,
+            owner=owner,
+            device_id=device_id,
+            filename=clean_filename(filename),
+            storage_key=files.new_storage_key(attachment_id),
+            declared_size=length,
+            declared_type=declared_type,
+            declared_sha256=sha256,
+            received=length,
+            computed_sha256=sha256,
+            state=State.UPLOADING,
+            expires_at=now + settings.ATTACHMENT_UPLOAD_EXPIRY,
+            patch_token=token,
+            patch_until=now + timedelta(seconds=settings.ATTACHMENT_PATCH_LEASE),
+        )
+
+
+def _abandon_store(attachment_id: uuid.UUID, *, token: uuid.UUID, key: str) -> None:
+    """The storage refused the bytes: drop the row and whatever part of the object was written."""
+    with transaction.atomic():
+        attachment = Attachment.objects.select_for_update().filter(pk=attachment_id, patch_token=token).first()
+        if attachment is not None:
+            _delete_row(attachment, [key])
+
+
+def _finish_store(attachment_id: uuid.UUID, *, token: uuid.UUID, key: str) -> Attachment:
+    """The bytes are stored: the upload is complete, verification is enqueued."""
+    with transaction.atomic():
+        attachment = Attachment.objects.select_for_update().filter(pk=attachment_id, patch_token=token).first()
+        if attachment is not None:
+            attachment.storage_key = key
+            attachment.state = State.UPLOADED
+            attachment.uploaded_at = timezone.now()
+            attachment.expires_at = None
+            attachment.patch_token = None
+            attachment.patch_until = None
+            attachment.save()
+            _journal_uploaded(attachment, actor=attachment.owner)
             _enqueue_verification(attachment.pk)
-    except IntegrityError:
-        # The same id won a race with us: the primary key decided. Drop our copy, answer like a replay.
-        files.delete(key)
-        existing = Attachment.objects.get(pk=attachment_id)
-        return _replay(existing, owner=owner, sha256=sha256), False
-    return attachment, True
+    if attachment is None:
+        # Our lease ran out and a retry took the upload over (deleting the row): the object is
+        # not ours to keep. Outside the transaction: raising inside would drop an on_commit.
+        with contextlib.suppress(*files.STORAGE_ERRORS):
+            files.delete(key)
+        raise AttachmentError("attachment_incomplete", "This upload was taken over by a retry.", status=409)
+    return attachment
 
 
 def _replay(existing: Attachment, *, owner: User, sha256: str) -> Attachment:
     if existing.owner_id != owner.pk or existing.declared_sha256 != sha256:
         raise AttachmentError(
             "attachment_conflict", "This attachment id is already used for other content.", status=409
+        )
+    if _storing(existing):
+        raise AttachmentError(
+            "attachment_incomplete", "This attachment is being stored by another request; retry shortly.", status=409
         )
     if existing.state == State.UPLOADING:
         raise AttachmentError(
@@ -324,6 +413,10 @@ def append_chunk(
         now = timezone.now()
         if _expired(attachment, now):
             raise AttachmentError("upload_expired", "This upload expired; start a new one.", status=410)
+        if _storing(attachment):
+            raise AttachmentError(
+                "attachment_incomplete", "This attachment is being stored by a simple upload (PUT).", status=409
+            )
         if offset != attachment.received:
             raise AttachmentError(
                 "offset_mismatch",
@@ -473,8 +566,8 @@ def _complete(attachment_id: uuid.UUID, path: Path, *, token: uuid.UUID, offset:
 
 
 def terminate_upload(*, attachment_id: uuid.UUID, owner: User) -> None:
-    """tus termination: drop an upload and its bytes. A file a record references stays."""
-    keys: list[str] = []
+    """tus termination: drop an upload and its bytes. A file that a record or a pending review
+    references stays."""
     with transaction.atomic():
         attachment = Attachment.objects.select_for_update().filter(pk=attachment_id, owner=owner).first()
         if attachment is None:
@@ -483,10 +576,14 @@ def terminate_upload(*, attachment_id: uuid.UUID, owner: User) -> None:
             raise AttachmentError("upload_locked", "A request is writing to this upload; retry shortly.", status=423)
         if attachment.links.exists():
             raise AttachmentError("attachment_in_use", "A record references this attachment.", status=409)
+        if AttachmentHold.objects.filter(attachment_id=attachment.pk, released_at__isnull=True).exists():
+            raise AttachmentError(
+                "attachment_in_use", "A review waiting for an officer references this attachment.", status=409
+            )
         if attachment.uploaded_at is not None:
-            keys = [attachment.storage_key, attachment.thumbnail_key]
             _journal(attachment, "attachment.deleted", source="device", actor=owner, reason="terminated")
-        _delete_row(attachment, keys)
+        # An unfinished upload's key too: a crash may have stored its bytes without marking it.
+        _delete_row(attachment, [attachment.storage_key, attachment.thumbnail_key])
 
 
 def _delete_row(attachment: Attachment, keys: list[str]) -> None:
@@ -668,6 +765,25 @@ def link(*, attachment_ids: Collection[uuid.UUID], record_id: uuid.UUID, team_id
     )
 
 
+def hold(*, review_id: uuid.UUID, attachment_ids: Collection[uuid.UUID]) -> None:
+    """A review opened (in the caller's transaction, e.g. a push's batch) whose proposal references
+    these attachments: keep them from the sweeper until it is decided, and for the grace period
+    after. The rows that exist are locked in id order, as `lock_references` does: the sweeper
+    deletes under the same lock, so it either sees this hold or deleted the file before."""
+    if not attachment_ids:
+        return
+    ids = sorted(set(attachment_ids))
+    list(Attachment.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+    AttachmentHold.objects.bulk_create([AttachmentHold(review_id=review_id, attachment_id=pk) for pk in ids])
+
+
+def release(*, review_id: uuid.UUID, at: datetime) -> int:
+    """The review was decided (in the caller's transaction). Its files are kept for
+    ATTACHMENT_UNLINKED_GRACE from `at`: an approval that took a file up has linked it, and a
+    rejected or superseded proposal's file gets the grace a fresh upload gets."""
+    return AttachmentHold.objects.filter(review_id=review_id, released_at__isnull=True).update(released_at=at)
+
+
 def problems_for_record(record_id: uuid.UUID) -> list[Attachment]:
     """Attachments of a record that verification rejected (the admin flags them)."""
     return list(Attachment.objects.filter(links__record_id=record_id, state=State.REJECTED))
@@ -709,7 +825,8 @@ def readable(*, attachment_id: uuid.UUID, user: User) -> Attachment:
 
 def sweep(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
     """The periodic repair job: re-enqueue verifications whose message was lost (or whose worker
-    died), drop expired partial uploads, delete files no record took up within the grace period."""
+    died), drop expired partial uploads (and any bytes a dead request stored for them), delete
+    files no record took up within the grace period unless a review holds them."""
     from attachments.tasks import verify_attachment
 
     now = now or timezone.now()
@@ -731,22 +848,40 @@ def sweep(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
                 continue
             if attachment.patch_until is not None and attachment.patch_until > now:
                 continue
-            _delete_row(attachment, [])
+            # The key as well: a simple PUT (or a tus upload's last PATCH) that died between
+            # storing the bytes and marking the row uploaded left its object under it.
+            _delete_row(attachment, [attachment.storage_key])
             expired += 1
 
     deleted = 0
     cutoff = now - settings.ATTACHMENT_UNLINKED_GRACE
-    unlinked = Attachment.objects.filter(
-        state__in=[State.UPLOADED, State.VERIFIED, State.REJECTED], created_at__lt=cutoff, links__isnull=True
-    ).values_list("pk", flat=True)
+    unlinked = (
+        Attachment.objects.filter(
+            state__in=[State.UPLOADED, State.VERIFIED, State.REJECTED], created_at__lt=cutoff, links__isnull=True
+        )
+        .exclude(Exists(_holding(cutoff).filter(attachment_id=OuterRef("pk"))))
+        .values_list("pk", flat=True)
+    )
     for attachment_id in list(unlinked[:batch]):
         with transaction.atomic():
             attachment = Attachment.objects.select_for_update().filter(pk=attachment_id).first()
-            # Re-checked under the lock: a push may have linked it since the query above.
+            # Re-checked under the lock: a push may have linked it (or opened a review that
+            # holds it: `hold` takes the same lock) since the query above.
             if attachment is None or attachment.links.exists():
+                continue
+            if _holding(cutoff).filter(attachment_id=attachment.pk).exists():
                 continue
             keys = [attachment.storage_key, attachment.thumbnail_key] if attachment.uploaded_at else []
             _journal(attachment, "attachment.deleted", source="system", reason="never_linked")
             _delete_row(attachment, keys)
             deleted += 1
-    return {"requeued": len(stuck), "expired": expired, "deleted": deleted}
+
+    # Holds released longer than the grace ago protect nothing any more.
+    spent = list(AttachmentHold.objects.filter(released_at__lt=cutoff).values_list("pk", flat=True)[:batch])
+    AttachmentHold.objects.filter(pk__in=spent).delete()
+    return {"requeued": len(stuck), "expired": expired, "deleted": deleted, "holds_dropped": len(spent)}
+
+
+def _holding(cutoff: datetime) -> QuerySet[AttachmentHold]:
+    """Holds that keep their file: the review is pending, or was decided after `cutoff`."""
+    return AttachmentHold.objects.filter(Q(released_at__isnull=True) | Q(released_at__gte=cutoff))

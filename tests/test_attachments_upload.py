@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
+from attachments import files, services
 from attachments.models import Attachment
-from attachments.services import AttachmentError, upload_simple
+from attachments.services import AttachmentError, sweep, upload_simple
 from audit.models import AuditEvent
 from tests.attachments_support import media, png, put, sha256, stored_files
 
@@ -147,3 +150,103 @@ def test_an_unknown_attachment_is_not_found(alice, media) -> None:
     response = alice.get(f"/api/v1/attachments/{uuid.uuid4()}")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "attachment_not_found"
+
+
+# --- a crash between the storage write and the row ---------------------------------------------
+
+
+class Crash(Exception):
+    """The process dying right after the bytes reached storage (nothing below it runs)."""
+
+
+@pytest.fixture
+def crash_after_storing(monkeypatch):
+    def die(*args, **kwargs):
+        raise Crash
+
+    monkeypatch.setattr(services, "_finish_store", die)
+    return monkeypatch
+
+
+def test_a_crash_after_storing_leaves_a_row_that_names_the_stored_object(alice, media, crash_after_storing) -> None:
+    data = png()
+    attachment_id = str(uuid.uuid4())
+    with pytest.raises(Crash):
+        put(alice, data, attachment_id=attachment_id)
+    row = Attachment.objects.get(pk=attachment_id)
+    assert (row.state, row.uploaded_at) == ("uploading", None)
+    assert stored_files(media) == [media / row.storage_key]
+    assert (media / row.storage_key).read_bytes() == data
+    assert not AuditEvent.objects.filter(object_id=attachment_id).exists()
+    # Not a file anyone may use: a record is refused it like an unfinished upload.
+    assert alice.get(f"/api/v1/attachments/{attachment_id}").json()["state"] == "uploading"
+
+
+def test_the_sweeper_deletes_the_object_a_crashed_upload_stored(
+    alice, media, crash_after_storing, django_capture_on_commit_callbacks
+) -> None:
+    attachment_id = str(uuid.uuid4())
+    with pytest.raises(Crash):
+        put(alice, png(), attachment_id=attachment_id)
+    assert len(stored_files(media)) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweep()["expired"] == 0  # not expired yet: a retry may still take it over
+    assert len(stored_files(media)) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweep(now=timezone.now() + timedelta(days=8))["expired"] == 1
+    assert stored_files(media) == []
+    assert not Attachment.objects.filter(pk=attachment_id).exists()
+
+
+def test_a_retry_after_the_crash_takes_the_upload_over(
+    alice, media, crash_after_storing, django_capture_on_commit_callbacks
+) -> None:
+    data = png()
+    attachment_id = str(uuid.uuid4())
+    with pytest.raises(Crash):
+        put(alice, data, attachment_id=attachment_id)
+    crashed_key = Attachment.objects.get(pk=attachment_id).storage_key
+    crash_after_storing.undo()
+
+    # While the dead request's lease lasts, a retry cannot tell it from one still storing.
+    busy = put(alice, data, attachment_id=attachment_id)
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "attachment_incomplete"
+
+    Attachment.objects.filter(pk=attachment_id).update(patch_until=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        retry = put(alice, data, attachment_id=attachment_id)
+    assert retry.status_code == 201, retry.content
+    row = Attachment.objects.get(pk=attachment_id)
+    assert row.state == "verified" and row.storage_key != crashed_key
+    assert stored_files(media / "attachments" / "files") == [media / row.storage_key]  # the crashed copy is gone
+    verbs = list(AuditEvent.objects.filter(object_id=attachment_id).order_by("seq").values_list("verb", flat=True))
+    assert verbs == ["attachment.uploaded", "attachment.verified"]
+
+
+def test_another_users_retry_cannot_take_a_crashed_upload_over(alice, device_for, media, crash_after_storing) -> None:
+    data = png()
+    attachment_id = str(uuid.uuid4())
+    with pytest.raises(Crash):
+        put(alice, data, attachment_id=attachment_id)
+    crash_after_storing.undo()
+    Attachment.objects.filter(pk=attachment_id).update(patch_until=timezone.now() - timedelta(seconds=1))
+    response = put(device_for("bob"), data, attachment_id=attachment_id)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "attachment_conflict"
+    assert Attachment.objects.get(pk=attachment_id).owner.username == "alice"
+
+
+def test_a_storage_that_fails_mid_write_leaves_no_row_and_no_object(
+    alice, media, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    save = files.save
+
+    def half_written(key, path):
+        save(key, path)  # the object exists, but the storage then reports failure
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(files, "save", half_written)
+    attachment_id = str(uuid.uuid4())
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(OSError):
+        put(alice, png(), attachment_id=attachment_id)
+    assert not Attachment.objects.filter(pk=attachment_id).exists()
+    assert stored_files(media) == []
