@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
@@ -25,10 +27,14 @@ BIN = Path(sys.executable).parent
 PORT_RANGE = range(8600, 8700)
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports in 8600-8699 that nothing listens on now."""
+def free_ports(count: int, *, avoid: Collection[int] = ()) -> list[int]:
+    """Ports in 8600-8699 that nothing listens on now, in random order: two runs on one machine
+    (another `make test`, another engineer's e2e) then rarely reach for the same port. Free now
+    does not mean free later; `Stack.start_app` checks that its own server got the port."""
     found = []
-    for port in PORT_RANGE:
+    for port in random.sample(PORT_RANGE, len(PORT_RANGE)):
+        if port in avoid:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -185,8 +191,22 @@ class Stack:
     # --- app servers --------------------------------------------------------------------------
 
     def start_app(self, index: int) -> None:
-        port = self.app_ports[index]
-        self.apps[index] = Process(
+        """Start app server `index` on its port, or on a new one if another process took that
+        port in the meantime (another run's server or proxy, e.g. in the second an app server
+        the conductor killed is down): the proxy reads `app_ports`, the same list, so it follows."""
+        for _ in range(5):
+            if self._launch_app(index, self.app_ports[index]):
+                return
+            self.app_ports[index] = free_ports(1, avoid=self.app_ports)[0]
+        raise RuntimeError(f"app server {index}: every port tried was taken")
+
+    def _launch_app(self, index: int, port: int) -> bool:
+        """True once this gunicorn listens on `port` and answers /healthz; False if the port was
+        taken. /healthz is asked only after gunicorn's own "Listening at" line: on a taken port,
+        the /healthz that answers is the other run's, and the devices' requests would go there."""
+        log = self.tmp / f"app{index}.log"
+        start = log.stat().st_size if log.exists() else 0
+        app = self.apps[index] = Process(
             f"app{index}",
             [
                 str(BIN / "gunicorn"),
@@ -206,9 +226,27 @@ class Stack:
                 "--no-control-socket",
             ],
             env=self.env,
-            log=self.tmp / f"app{index}.log",
+            log=log,
         )
+        listening = f"Listening at: http://127.0.0.1:{port} ({app.pid})"
+
+        def since_start() -> str:
+            with log.open("rb") as text:
+                text.seek(start)
+                return text.read().decode(errors="replace")
+
+        wait_until(
+            lambda: listening in since_start() or "Connection in use" in since_start() or not app.alive(),
+            seconds=30,
+            what=f"app server {index} to bind port {port}",
+        )
+        if listening not in since_start():
+            app.kill9()
+            if "Connection in use" not in since_start():
+                raise RuntimeError(f"app server {index} exited:\n{app.tail()}")
+            return False
         wait_until(lambda: self._healthy(port), seconds=30, what=f"app server {index} on port {port}")
+        return True
 
     def _healthy(self, port: int) -> bool:
         if not self.apps_alive_on(port):
