@@ -29,7 +29,7 @@ from django.utils import timezone
 from pathvalidate import sanitize_filename
 
 from attachments import files
-from attachments.inspection import Verdict, inspect_file, normalise_type
+from attachments.inspection import PdfLimits, Verdict, inspect_file, normalise_type
 from attachments.models import Attachment, AttachmentHold, AttachmentLink, State
 from audit.services import record_event
 
@@ -645,6 +645,12 @@ def verify_attachment(*, attachment_id: uuid.UUID, claim: str = "") -> str:
                 declared_type=attachment.declared_type,
                 max_pixels=settings.ATTACHMENT_MAX_IMAGE_PIXELS,
                 thumbnail_size=settings.ATTACHMENT_THUMBNAIL_SIZE,
+                pdf_limits=PdfLimits(
+                    max_bytes=settings.ATTACHMENT_PDF_PARSE_MAX_BYTES,
+                    max_objects=settings.ATTACHMENT_PDF_MAX_OBJECTS,
+                    max_stream_bytes=settings.ATTACHMENT_PDF_MAX_STREAM_BYTES,
+                    max_seconds=settings.ATTACHMENT_PDF_SCAN_SECONDS,
+                ),
             )
     thumbnail_key = ""
     if verdict.ok and verdict.thumbnail:

@@ -297,6 +297,13 @@ ATTACHMENT_VERIFY_MAX_ATTEMPTS = env_int("ATTACHMENT_VERIFY_MAX_ATTEMPTS", 5, mi
 ATTACHMENT_ENQUEUE_GRACE = timedelta(seconds=env_int("ATTACHMENT_ENQUEUE_GRACE", 120, minimum=0))
 ATTACHMENT_MAX_IMAGE_PIXELS = env_int("ATTACHMENT_MAX_IMAGE_PIXELS", 64_000_000, minimum=1)
 ATTACHMENT_THUMBNAIL_SIZE = 320
+# Caps on the structural PDF scan (pypdf), which looks inside compressed object streams. Past
+# them the file is rejected as pdf_too_complex: a crafted PDF must not take a worker's memory or
+# its whole time limit. Beyond PARSE_MAX_BYTES pypdf (which holds the file in memory) is not run.
+ATTACHMENT_PDF_PARSE_MAX_BYTES = env_int("ATTACHMENT_PDF_PARSE_MAX_BYTES", 64 * 1024 * 1024, minimum=1)
+ATTACHMENT_PDF_MAX_OBJECTS = env_int("ATTACHMENT_PDF_MAX_OBJECTS", 100_000, minimum=1)
+ATTACHMENT_PDF_MAX_STREAM_BYTES = env_int("ATTACHMENT_PDF_MAX_STREAM_BYTES", 16 * 1024 * 1024, minimum=1)
+ATTACHMENT_PDF_SCAN_SECONDS = env_int("ATTACHMENT_PDF_SCAN_SECONDS", 30, minimum=1)
 # Lifetime of a presigned S3 download URL: long enough to start the download, short enough
 # that a leaked link is soon useless.
 ATTACHMENT_DOWNLOAD_URL_SECONDS = env_int("ATTACHMENT_DOWNLOAD_URL_SECONDS", 60, minimum=1)

@@ -3,6 +3,7 @@ display names, the claim that makes the task safe to run twice, and the sweeper.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import tracemalloc
 import uuid
@@ -13,6 +14,13 @@ import pytest
 from django.utils import timezone
 
 from attachments import services
+from attachments.inspection import (
+    PdfLimits,
+    PdfTooComplex,
+    PdfUnreadable,
+    pdf_active_content,
+    pdf_object_active_content,
+)
 from attachments.models import Attachment, AttachmentLink
 from attachments.services import clean_filename, sweep, verify_attachment
 from audit.models import AuditEvent
@@ -143,6 +151,129 @@ def test_a_pdf_with_active_content_is_rejected(alice, extra, name) -> None:
     attachment = verdict(alice, pdf(extra), "application/pdf")
     assert (attachment.state, attachment.reject_reason) == ("rejected", "pdf_active_content")
     assert name in attachment.reject_detail
+
+
+def compressed_pdf(catalog_extra: bytes = b"", *, padding: int = 0) -> bytes:
+    """A PDF 1.5 whose catalog and page tree live only in a FlateDecode object stream, indexed by
+    a cross-reference stream: none of their names is in the file's raw bytes. `padding` inflates
+    the object stream by that many spaces (a decompression bomb compresses to almost nothing)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R " + catalog_extra + b">>", b"<< /Type /Pages /Kids [] /Count 0 >>"]
+    offsets, body = [], b""
+    for obj in objects:
+        offsets.append(len(body))
+        body += obj + b"\n"
+    header = b" ".join(b"%d %d" % (number, offset) for number, offset in enumerate(offsets, start=1)) + b"\n"
+    packed = zlib.compress(header + body + b" " * padding)
+    out = b"%PDF-1.5\n%\xe2\xe3\xcf\xd3\n"
+    objstm_at = len(out)
+    out += (
+        b"3 0 obj\n<< /Type /ObjStm /N %d /First %d /Filter /FlateDecode /Length %d >>\nstream\n"
+        % (len(objects), len(header), len(packed))
+        + packed
+        + b"\nendstream\nendobj\n"
+    )
+    xref_at = len(out)
+    rows = [(0, 0, 65535), (2, 3, 0), (2, 3, 1), (1, objstm_at, 0), (1, xref_at, 0)]
+    table = zlib.compress(b"".join(bytes([kind]) + a.to_bytes(4, "big") + b.to_bytes(2, "big") for kind, a, b in rows))
+    out += (
+        b"4 0 obj\n<< /Type /XRef /Size 5 /W [1 4 2] /Root 1 0 R /Filter /FlateDecode /Length %d >>\nstream\n"
+        % len(table)
+        + table
+        + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref_at
+    )
+    return out
+
+
+HIDDEN_JAVASCRIPT = b"/OpenAction << /S /JavaScript /JS (app.alert(1)) >> "
+LIMITS = PdfLimits(max_bytes=1 << 20, max_objects=1000, max_stream_bytes=1 << 20, max_seconds=30)
+
+
+def test_javascript_hidden_in_a_compressed_object_stream_is_rejected(alice, tmp_path) -> None:
+    data = compressed_pdf(HIDDEN_JAVASCRIPT)
+    path = tmp_path / "hidden.pdf"
+    path.write_bytes(data)
+    assert b"JavaScript" not in data and b"OpenAction" not in data
+    assert pdf_active_content(path) == []  # the raw scan alone lets it through
+    attachment = verdict(alice, data, "application/pdf")
+    assert (attachment.state, attachment.reject_reason) == ("rejected", "pdf_active_content")
+    assert attachment.reject_detail == "The PDF carries active content: JS, JavaScript, OpenAction."
+
+
+def test_a_clean_pdf_with_compressed_objects_is_verified(alice) -> None:
+    assert verdict(alice, compressed_pdf(), "application/pdf").state == "verified"
+
+
+def test_an_object_stream_that_does_not_decode_is_rejected_as_unreadable(alice) -> None:
+    data = compressed_pdf(HIDDEN_JAVASCRIPT)
+    start = data.index(b"stream\n") + len(b"stream\n")
+    broken = data[:start] + bytes(byte ^ 0x55 for byte in data[start : start + 30]) + data[start + 30 :]
+    attachment = verdict(alice, broken, "application/pdf")
+    assert (attachment.state, attachment.reject_reason) == ("rejected", "pdf_unreadable")
+
+
+def test_a_truncated_pdf_with_compressed_objects_is_rejected_as_unreadable(alice) -> None:
+    data = compressed_pdf()
+    attachment = verdict(alice, data[: len(data) - 60], "application/pdf")
+    assert (attachment.state, attachment.reject_reason) == ("rejected", "pdf_unreadable")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [pdf(), b"%PDF-1.4\n" + bytes(range(256)).replace(b"/", b"0") * 256 + b"\n%%EOF\n"],
+    ids=["no-xref", "noise"],
+)
+def test_a_pdf_pypdf_cannot_parse_without_compressed_objects_is_judged_by_the_raw_scan(alice, tmp_path, data) -> None:
+    path = tmp_path / "odd.pdf"
+    path.write_bytes(data)
+    with pytest.raises(PdfUnreadable) as failure:
+        pdf_object_active_content(path, limits=LIMITS)
+    assert not failure.value.compressed
+    assert verdict(alice, data, "application/pdf").state == "verified"
+
+
+def test_a_decompression_bomb_in_an_object_stream_is_rejected_within_the_cap(alice) -> None:
+    bomb = compressed_pdf(padding=64 * 1024 * 1024)  # 64 MiB of spaces, 16 MiB allowed
+    assert len(bomb) < 100_000
+    attachment = uploaded(alice, bomb, "application/pdf")
+    tracemalloc.start()
+    try:
+        verify_attachment(attachment_id=attachment.pk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    attachment.refresh_from_db()
+    assert (attachment.state, attachment.reject_reason) == ("rejected", "pdf_too_complex")
+    assert peak < 40 * 1024 * 1024
+
+
+@pytest.mark.parametrize("cap", [1, 3], ids=["raw-count", "pypdf-count"])
+def test_a_pdf_with_compressed_objects_over_the_object_cap_is_rejected(alice, settings, cap) -> None:
+    # 2 object headers in the raw bytes, 5 cross-reference entries in the stream pypdf reads.
+    settings.ATTACHMENT_PDF_MAX_OBJECTS = cap
+    assert verdict(alice, compressed_pdf(), "application/pdf").reject_reason == "pdf_too_complex"
+    settings.ATTACHMENT_PDF_MAX_OBJECTS = 5
+    assert verdict(alice, compressed_pdf(), "application/pdf").state == "verified"
+
+
+def test_a_pdf_with_compressed_objects_over_the_parse_size_is_rejected(alice, settings) -> None:
+    settings.ATTACHMENT_PDF_PARSE_MAX_BYTES = len(compressed_pdf()) - 1
+    assert verdict(alice, compressed_pdf(), "application/pdf").reject_reason == "pdf_too_complex"
+
+
+def test_a_pdf_without_compressed_objects_over_the_caps_is_judged_by_the_raw_scan(alice, settings) -> None:
+    settings.ATTACHMENT_PDF_PARSE_MAX_BYTES = 10
+    assert verdict(alice, pdf(), "application/pdf").state == "verified"
+    settings.ATTACHMENT_PDF_PARSE_MAX_BYTES = 1 << 20
+    settings.ATTACHMENT_PDF_MAX_OBJECTS = 1
+    assert verdict(alice, pdf(), "application/pdf").state == "verified"
+    assert verdict(alice, pdf(HIDDEN_JAVASCRIPT), "application/pdf").reject_reason == "pdf_active_content"
+
+
+def test_the_structural_scan_stops_at_its_deadline(tmp_path) -> None:
+    path = tmp_path / "slow.pdf"
+    path.write_bytes(compressed_pdf())
+    with pytest.raises(PdfTooComplex, match="too long"):
+        pdf_object_active_content(path, limits=dataclasses.replace(LIMITS, max_seconds=-1))
 
 
 # --- names ---------------------------------------------------------------------------------------
