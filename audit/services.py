@@ -151,10 +151,7 @@ def append_staged(events: list[AuditEvent]) -> None:
         event.occurred_at = event.occurred_at or now
         event.prev_hash = prev_hash
         event.hash = prev_hash = event_hash(event)
-    if len(events) == 1:
-        events[0].save()
-    else:
-        AuditEvent.objects.bulk_create(events)
+    AuditEvent.objects.bulk_create(events)
     ChainHead.objects.filter(pk=1).update(seq=seq, hash=prev_hash)
 
 
